@@ -1,0 +1,561 @@
+"""A generated action dataset whose classes differ only by motion, in the UCF101 layout.
+
+    generate("data/synthetic")                      # 8 classes x 40 videos of 32 frames at 64x64
+    index = load({"name": "synthetic", "root": "data/synthetic", "split": 1, "generate": {...}})
+
+One coloured, textured object moves over a textured, static background. The class is the motion
+(`MOTIONS`: left, right, up, down, clockwise, counter-clockwise, approach, recede, bounce, shake);
+everything about appearance is drawn independently of the class: object colour, shape, texture and
+size, background colour and pattern, speed, start position and phase. The world wraps around (an
+object leaving on the left comes back on the right), so where the object is in a frame says nothing
+about where it is going.
+
+Layout under `root` (the official UCF101 layout, so `mvcoding.datasets.ucf101` reads it):
+
+    UCF-101/<Class>/v_<Class>_gXX_cYY.avi   MJPG video, `frames` frames of `size` x `size` RGB at `fps`
+    UCF-101/<Class>/v_<Class>_gXX_cYY.wav   its audio: mono 16-bit PCM at 16 kHz, same duration
+    depth/<Class>/v_<Class>_gXX_cYY/00000.png ...  ground-truth depth, one 16-bit PNG per frame,
+                                            in millimetres (the per-frame layout RGB-D datasets ship)
+    ucfTrainTestlist/classInd.txt, trainlist0{1,2,3}.txt, testlist0{1,2,3}.txt
+    synthetic.json                          generation parameters, classes and their motions
+
+Videos of one group gXX share their background (like UCF101's groups share an actor and a scene) and
+a group is never split between train and test; each of the three splits tests on different groups.
+
+What each modality carries about the class:
+- RGB / optical flow: the motion itself (direction, rotation sense, expansion, oscillation).
+- depth: the object's distance (it falls while approaching and rises while receding) and a relief
+  that depends on the motion: translating objects lean into their motion (leading edge nearer),
+  rotating ones carry a helical ramp whose handedness follows the rotation, approaching ones a dome,
+  receding ones a dish.
+- audio: a tone whose pitch follows the object's height (higher object, higher pitch), whose loudness
+  follows its closeness, with a rhythm set by the kind of motion (steady for translation, four pulses
+  per turn for rotation, a tick per bounce...); the base pitch is random. Audio cannot tell left from
+  right or clockwise from counter-clockwise: it carries part of the class, not all of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import wave
+from collections.abc import Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mvcoding.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000  # audio samples per second of the sidecar .wav files
+FORMAT_VERSION = 1
+# Depth in millimetres: an object of radius R_REF (as a fraction of the frame) is Z_REF away; its
+# distance is inversely proportional to its radius in the image (a pinhole camera).
+Z_REF_MM = 1200.0
+R_REF = 0.16
+RELIEF_MM = 150.0  # depth relief of the object's surface, +- this much
+BACKGROUND_MM = (2800.0, 4400.0)  # distance of the background plane's centre; its slant adds up to +-400
+RADIUS = (0.14, 0.22)  # object radius as a fraction of the frame (Approach / Recede scale it by 2.5 ** +-0.5)
+# Depth ranges that hold for every video: the object is always nearer than the background.
+OBJECT_MM = (
+    math.floor(Z_REF_MM * R_REF / (RADIUS[1] * 2.5**0.5) - RELIEF_MM),
+    math.ceil(Z_REF_MM * R_REF / (RADIUS[0] * 2.5**-0.5) + RELIEF_MM),
+)
+BACKGROUND_RANGE_MM = (BACKGROUND_MM[0] - 400, BACKGROUND_MM[1] + 400)
+DEFAULTS = {"classes": 8, "videos_per_class": 40, "frames": 32, "size": 64, "fps": 25.0, "seed": 0, "workers": 2}
+
+
+@dataclass(frozen=True)
+class Motion:
+    """One class: its UCF-style name (CamelCase, no underscores) and what the object does."""
+
+    name: str
+    description: str
+
+
+MOTIONS: tuple[Motion, ...] = (
+    Motion("MoveLeft", "translates left at constant speed (depth: leading edge nearer)"),
+    Motion("MoveRight", "translates right at constant speed (depth: leading edge nearer)"),
+    Motion("MoveUp", "translates up at constant speed; pitch rises (depth: leading edge nearer)"),
+    Motion("MoveDown", "translates down at constant speed; pitch falls (depth: leading edge nearer)"),
+    Motion("RotateCW", "rotates clockwise in place (depth: a ramp winding clockwise; audio: 4 pulses per turn)"),
+    Motion(
+        "RotateCCW",
+        "rotates counter-clockwise in place (depth: ramp winding anticlockwise; audio: 4 pulses per turn)",
+    ),
+    Motion("Approach", "grows 2.5x while coming nearer, repeatedly (depth falls, dome relief; audio: louder)"),
+    Motion("Recede", "shrinks 2.5x while moving away, repeatedly (depth rises, dish relief; audio: quieter)"),
+    Motion("Bounce", "bounces vertically off an invisible floor (audio: a tick at each bounce)"),
+    Motion("Shake", "oscillates left and right (audio: tremolo at the shaking rate)"),
+)
+SHAPES = ("disc", "ellipse", "triangle", "square", "pentagon")
+OBJECT_TEXTURES = ("stripes", "checker", "halves")
+BACKGROUNDS = ("noise", "stripes", "checker")
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendering one video
+
+
+def _sample_background(rng: np.random.Generator, size: int) -> dict:
+    """Background of one group: two colours, a pattern (H, W) in [0, 1] and a slanted depth plane."""
+    import cv2
+
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    kind = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
+    if kind == "noise":
+        cells = int(rng.integers(4, 9))
+        grid = rng.random((cells, cells)).astype(np.float32)
+        pattern = cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC)
+        pattern = (pattern - pattern.min()) / max(float(np.ptp(pattern)), 1e-6)
+    elif kind == "stripes":
+        angle = rng.uniform(0, np.pi)
+        freq = rng.uniform(3, 7)
+        pattern = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (xx * np.cos(angle) + yy * np.sin(angle)) + rng.uniform(0, 6.3))
+    else:
+        cells = rng.uniform(4, 9)
+        pattern = 0.5 + 0.5 * np.tanh(4 * np.sin(np.pi * cells * xx) * np.sin(np.pi * cells * yy))
+    colour_a = rng.uniform(20, 235, 3)
+    colour_b = np.clip(colour_a + rng.choice([-1, 1], 3) * rng.uniform(30, 70, 3), 0, 255)
+    tilt = rng.uniform(-400, 400, 2)
+    depth = rng.uniform(*BACKGROUND_MM) + tilt[0] * (xx - 0.5) + tilt[1] * (yy - 0.5)
+    return {"pattern": pattern.astype(np.float32), "colours": (colour_a, colour_b), "depth": depth.astype(np.float32)}
+
+
+def _sample_clip(motion: str, rng: np.random.Generator, size: int, background: dict) -> dict:
+    """The per-video nuisance factors and motion parameters; nothing here depends on the class but `motion`."""
+    bg_colours = background["colours"]
+    for _ in range(100):  # an object colour that stands out from both background colours
+        colour = rng.uniform(0, 255, 3)
+        if min(np.abs(colour - c).sum() for c in bg_colours) > 120:
+            break
+    px = size / 64.0  # speeds and amplitudes are set for 64 px frames and scale with the frame
+    p = {
+        "motion": motion,
+        "shape": SHAPES[rng.integers(len(SHAPES))],
+        "texture": OBJECT_TEXTURES[rng.integers(len(OBJECT_TEXTURES))],
+        "texture_freq": rng.uniform(1.0, 2.0),
+        "colour": colour,
+        "shade": colour * rng.uniform(0.3, 0.6),
+        "r": rng.uniform(*RADIUS) * size,
+        "c0": rng.uniform(0, size, 2),
+        "theta0": rng.uniform(0, 2 * np.pi),
+        "speed": rng.uniform(1.0, 2.5) * px,  # px per frame (translation)
+        "omega": np.deg2rad(rng.uniform(6, 12)),  # rad per frame (rotation)
+        "period": rng.uniform(8, 12),  # frames per approach/recede cycle
+        "swing_period": rng.uniform(10, 16),  # frames per bounce / shake
+        "amplitude": rng.uniform(0.12, 0.22) * size,
+        "phase": rng.uniform(0, 1),
+        "noise": rng.uniform(0, 3),  # sensor noise std (grey levels)
+        "f0": 220 * 2 ** rng.uniform(0, 1),  # base pitch (Hz): 220-440
+        "gain": rng.uniform(0.15, 0.3),
+        "hiss": rng.uniform(0.002, 0.02),
+        "seed": int(rng.integers(2**31)),  # sensor noise and audio hiss
+    }
+    return p
+
+
+def _trajectory(p: dict, t: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Centre (cx, cy), angle, radius and velocity (vx, vy) in px and px/frame at times t (frames)."""
+    motion, zero = p["motion"], np.zeros_like(t)
+    cx, cy = p["c0"][0] + zero, p["c0"][1] + zero
+    theta, r, vx, vy = p["theta0"] + zero, p["r"] + zero, zero, zero
+    directions = {"MoveLeft": (-1, 0), "MoveRight": (1, 0), "MoveUp": (0, -1), "MoveDown": (0, 1)}
+    if motion in directions:
+        dx, dy = directions[motion]
+        vx, vy = dx * p["speed"] + zero, dy * p["speed"] + zero
+        cx, cy = cx + vx * t, cy + vy * t
+    elif motion in ("RotateCW", "RotateCCW"):  # image y points down: a growing angle turns clockwise
+        theta = theta + (1 if motion == "RotateCW" else -1) * p["omega"] * t
+    elif motion in ("Approach", "Recede"):  # sawtooth in log-size: grow 2.5x, jump back, grow again
+        s = (t / p["period"] + p["phase"]) % 1.0 - 0.5
+        r = p["r"] * 2.5 ** (s if motion == "Approach" else -s)
+    elif motion == "Bounce":  # |sin|: fast at the floor, slow at the top, like a ball
+        w = np.pi / p["swing_period"]
+        a = w * t + np.pi * p["phase"]
+        cy = cy - p["amplitude"] * np.abs(np.sin(a))
+        vy = -p["amplitude"] * w * np.sign(np.sin(a)) * np.cos(a)
+    elif motion == "Shake":
+        w = 2 * np.pi / p["swing_period"]
+        a = w * t + 2 * np.pi * p["phase"]
+        cx = cx + p["amplitude"] * np.sin(a)
+        vx = p["amplitude"] * w * np.cos(a)
+    else:
+        raise ValueError(f"unknown motion {motion!r}")
+    return cx, cy, theta, r, vx, vy
+
+
+def _shape_norm(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """A norm that is 1 on the shape's outline (u, v in object units): < 1 inside, > 1 outside."""
+    if shape == "disc":
+        return np.sqrt(u * u + v * v)
+    if shape == "ellipse":
+        return np.sqrt(u * u + (v / 0.6) ** 2)
+    sides = {"triangle": 3, "square": 4, "pentagon": 5}[shape]
+    angles = 2 * np.pi * np.arange(sides) / sides
+    faces = [u * np.cos(a) + v * np.sin(a) for a in angles]
+    return np.maximum.reduce(faces) / np.cos(np.pi / sides)
+
+
+def _object_texture(kind: str, freq: float, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Texture in [0, 1] painted on the object (it moves, turns and scales with the object)."""
+    if kind == "stripes":
+        return 0.5 + 0.5 * np.cos(2 * np.pi * freq * u)
+    if kind == "checker":
+        return 0.5 + 0.5 * np.tanh(3 * np.sin(np.pi * freq * u) * np.sin(np.pi * freq * v))
+    return 0.5 + 0.5 * np.tanh(4 * u)  # halves: one side shaded
+
+
+def _relief(p: dict, u: np.ndarray, v: np.ndarray, lead: np.ndarray) -> np.ndarray:
+    """Depth relief of the object's surface in [-1, 1] (negative: nearer), by motion."""
+    motion = p["motion"]
+    if motion in ("RotateCW", "RotateCCW"):  # helical ramp: the depth winds with the rotation
+        return (1 if motion == "RotateCW" else -1) * np.arctan2(v, u) / np.pi
+    if motion == "Approach":  # dome
+        return np.clip(u * u + v * v, 0, 1) * 2 - 1
+    if motion == "Recede":  # dish
+        return 1 - np.clip(u * u + v * v, 0, 1) * 2
+    return -np.clip(lead, -1, 1)  # leaning into the motion: leading edge nearer
+
+
+def render_frames(p: dict, background: dict, frames: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """RGB (T, H, W, 3) uint8 and depth (T, H, W) uint16 millimetres of one video."""
+    t = np.arange(frames, dtype=np.float64)
+    cx, cy, theta, r, vx, vy = (np.asarray(a, dtype=np.float32)[:, None, None] for a in _trajectory(p, t))
+    grid = np.arange(size, dtype=np.float32) + 0.5
+    # displacement from the centre, wrapped: the world is a torus, objects leave and re-enter
+    dx = (grid[None, None, :] - cx + size / 2) % size - size / 2  # (T, 1, W)
+    dy = (grid[None, :, None] - cy + size / 2) % size - size / 2  # (T, H, 1)
+    cos, sin = np.cos(theta), np.sin(theta)
+    u = (cos * dx + sin * dy) / r  # object coordinates: rotated with the object, in radii
+    v = (-sin * dx + cos * dy) / r
+    f = _shape_norm(p["shape"], u, v)
+    alpha = np.clip((1 - f) * r + 0.5, 0, 1)[..., None]  # anti-aliased edge, about one pixel wide
+    tex = _object_texture(p["texture"], p["texture_freq"], u, v)[..., None]
+    colour, shade = (np.asarray(p[k], dtype=np.float32) for k in ("colour", "shade"))
+    obj = colour + (shade - colour) * tex
+    colour_a, colour_b = (np.asarray(c, dtype=np.float32) for c in background["colours"])
+    bg = colour_a + (colour_b - colour_a) * background["pattern"][:, :, None]  # (H, W, 3), static
+    rgb = bg + alpha * (obj - bg)
+    noise = np.random.default_rng([p["seed"], 0]).standard_normal(rgb.shape[:3] + (1,), dtype=np.float32)  # grey
+    rgb = np.clip(np.rint(rgb + np.float32(p["noise"]) * noise), 0, 255).astype(np.uint8)
+
+    speed = np.sqrt(vx * vx + vy * vy)
+    lead = np.where(speed > 1e-6, (dx * vx + dy * vy) / (r * np.maximum(speed, 1e-6)), 0)
+    z_centre = Z_REF_MM * (R_REF * size) / r
+    z_obj = z_centre + RELIEF_MM * _relief(p, u, v, lead)
+    depth = np.where(alpha[..., 0] >= 0.5, z_obj, background["depth"][None])
+    depth = np.clip(np.rint(depth), 1, 65535).astype(np.uint16)
+    return rgb, depth
+
+
+def render_audio(p: dict, frames: int, size: int, fps: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Mono int16 audio of the video's duration (frames / fps seconds)."""
+    n = int(round(frames / fps * sample_rate))
+    t = np.arange(n, dtype=np.float64) / sample_rate * fps  # time in frames
+    _, cy, theta, r, _, _ = _trajectory(p, t)
+    height = 0.5 - (cy % size) / size  # +0.5 at the top, -0.5 at the bottom
+    pitch = p["f0"] * 2.0**height  # an octave from bottom to top
+    phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
+    closeness = r / (R_REF * size)  # = Z_REF / depth
+    motion = p["motion"]
+    if motion in ("RotateCW", "RotateCCW"):  # four pulses per turn
+        envelope = (0.5 + 0.5 * np.cos(4 * (theta - p["theta0"]))) ** 2
+    elif motion == "Bounce":  # a decaying tick at each bounce
+        since = (t / p["swing_period"] + p["phase"]) % 1.0
+        envelope = 0.4 + 0.6 * np.exp(-8 * since)
+    elif motion == "Shake":  # tremolo at the shaking rate
+        envelope = 0.6 + 0.4 * np.cos(2 * np.pi * (t / p["swing_period"] + p["phase"]))
+    else:
+        envelope = np.ones_like(t)
+    tone = p["gain"] * closeness * envelope * (np.sin(phase) + 0.3 * np.sin(2 * phase))
+    hiss = np.random.default_rng([p["seed"], 1]).normal(0, p["hiss"], n)
+    return np.clip(np.rint((tone + hiss) * 32767), -32768, 32767).astype(np.int16)
+
+
+def render_video(label: int, seed: int, group: int, clip: int, *, frames: int, size: int, fps: float) -> dict:
+    """One video of class `label` as arrays: {"rgb": (T, H, W, 3) uint8, "depth": (T, H, W) uint16 mm,
+    "audio": (N,) int16 at SAMPLE_RATE, "params": the drawn factors}.
+
+    Deterministic in (seed, label, group, clip); videos of one group share their background.
+    """
+    background = _sample_background(np.random.default_rng([seed, 0, label, group]), size)
+    p = _sample_clip(MOTIONS[label].name, np.random.default_rng([seed, 1, label, group, clip]), size, background)
+    rgb, depth = render_frames(p, background, frames, size)
+    return {"rgb": rgb, "depth": depth, "audio": render_audio(p, frames, size, fps), "params": p}
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing the dataset
+
+
+def _video_name(cls: str, group: int, clip: int) -> str:
+    return f"v_{cls}_g{group:02d}_c{clip:02d}"
+
+
+def _groups(videos_per_class: int) -> tuple[int, int]:
+    """(clips per group, groups per class): UCF-like groups of up to 4 clips, 3 or more groups when possible."""
+    per_group = min(4, max(1, videos_per_class // 3))
+    return per_group, math.ceil(videos_per_class / per_group)
+
+
+def _test_groups(groups: int) -> dict[int, list[int]]:
+    """Test groups (1-based) of splits 1-3: about 30% of the groups, a different block per split."""
+    n_test = max(1, round(0.3 * groups))
+    return {s: sorted({((s - 1) * n_test + k) % groups + 1 for k in range(n_test)}) for s in (1, 2, 3)}
+
+
+def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(audio.astype("<i2").tobytes())
+
+
+def _write_one(job: tuple) -> None:
+    """Render one video and write its .avi, .wav and depth PNGs (runs in a worker process)."""
+    import cv2
+
+    from mvcoding.video import write_video
+
+    root, label, group, clip, seed, frames, size, fps = job
+    cv2.setNumThreads(1)
+    cls = MOTIONS[label].name
+    name = _video_name(cls, group, clip)
+    out = render_video(label, seed, group, clip, frames=frames, size=size, fps=fps)
+    video_dir = Path(root) / "UCF-101" / cls
+    write_video(video_dir / f"{name}.avi", out["rgb"], fps)
+    _write_wav(video_dir / f"{name}.wav", out["audio"], SAMPLE_RATE)
+    depth_dir = Path(root) / "depth" / cls / name
+    depth_dir.mkdir(parents=True, exist_ok=True)
+    for i, d in enumerate(out["depth"]):
+        if not cv2.imwrite(str(depth_dir / f"{i:05d}.png"), d, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+            raise RuntimeError(f"OpenCV could not write {depth_dir / f'{i:05d}.png'}")
+
+
+def _check(classes: int, videos_per_class: int, frames: int, size: int, fps: float, workers: int) -> None:
+    problems = []
+    if not 2 <= classes <= len(MOTIONS):
+        problems.append(f"classes must be 2..{len(MOTIONS)}, got {classes}")
+    if videos_per_class < 2:
+        problems.append(f"videos_per_class must be >= 2 (train and test need a group each), got {videos_per_class}")
+    if frames < 2:
+        problems.append(f"frames must be >= 2, got {frames}")
+    if size < 16 or size % 2:
+        problems.append(f"size must be even and >= 16 (decord needs even sizes), got {size}")
+    if fps <= 0:
+        problems.append(f"fps must be > 0, got {fps}")
+    if workers < 1:
+        problems.append(f"workers must be >= 1, got {workers}")
+    if problems:
+        raise UserError(f"synthetic dataset: {'; '.join(problems)} (set dataset.generate.<key>)")
+
+
+def generate(
+    root: str | Path,
+    *,
+    classes: int = DEFAULTS["classes"],
+    videos_per_class: int = DEFAULTS["videos_per_class"],
+    frames: int = DEFAULTS["frames"],
+    size: int = DEFAULTS["size"],
+    fps: float = DEFAULTS["fps"],
+    seed: int = DEFAULTS["seed"],
+    workers: int = DEFAULTS["workers"],
+) -> None:
+    """Write the synthetic dataset into `root` (created; existing files of the same names are overwritten).
+
+    classes: the first `classes` of MOTIONS (2-10). Videos are `frames` frames of `size` x `size` pixels
+    (even) at `fps`. Same arguments (any `workers`) -> byte-identical files. `load` wraps this with an
+    atomic rename; call `generate` directly only into a folder of your own.
+    """
+    _check(classes, videos_per_class, frames, size, fps, workers)
+    root = Path(root)
+    per_group, groups = _groups(videos_per_class)
+    names = [m.name for m in MOTIONS[:classes]]
+    jobs = []
+    for label in range(classes):
+        for i in range(videos_per_class):
+            group, clip = i // per_group + 1, i % per_group + 1
+            jobs.append((str(root), label, group, clip, int(seed), int(frames), int(size), float(fps)))
+
+    start = time.perf_counter()
+    if workers > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context().Pool(min(workers, len(jobs))) as pool:
+            for _ in pool.imap_unordered(_write_one, jobs, chunksize=max(1, len(jobs) // (8 * workers))):
+                pass
+    else:
+        for job in jobs:
+            _write_one(job)
+
+    lists = root / "ucfTrainTestlist"
+    lists.mkdir(parents=True, exist_ok=True)
+    (lists / "classInd.txt").write_text("".join(f"{i + 1} {n}\n" for i, n in enumerate(names)))
+    test_groups = _test_groups(groups)
+    for split, tests in test_groups.items():
+        train_lines, test_lines = [], []
+        for _, label, group, clip, *_ in jobs:
+            path = f"{names[label]}/{_video_name(names[label], group, clip)}.avi"
+            if group in tests:
+                test_lines.append(f"{path}\n")
+            else:
+                train_lines.append(f"{path} {label + 1}\n")
+        (lists / f"trainlist0{split}.txt").write_text("".join(train_lines))
+        (lists / f"testlist0{split}.txt").write_text("".join(test_lines))
+
+    info = {
+        "format": FORMAT_VERSION,
+        "generator": "mvcoding.datasets.synthetic",
+        "params": {
+            "classes": classes,
+            "videos_per_class": videos_per_class,
+            "frames": frames,
+            "size": size,
+            "fps": fps,
+            "seed": seed,
+        },
+        "groups_per_class": groups,
+        "clips_per_group": per_group,
+        "test_groups": {str(s): g for s, g in test_groups.items()},
+        "classes": [{"index": i + 1, "name": m.name, "motion": m.description} for i, m in enumerate(MOTIONS[:classes])],
+        "nuisance": "object colour, shape, texture and size; background colour and pattern (shared by a group); "
+        "speed; start position, angle and phase; sensor noise; base pitch and loudness of the tone",
+        "audio": {
+            "format": "wav, mono, 16-bit PCM",
+            "sample_rate": SAMPLE_RATE,
+            "layout": "UCF-101/<Class>/<video>.wav",
+        },
+        "depth": {
+            "units": "millimetres",
+            "format": "16-bit PNG, one per video frame",
+            "layout": "depth/<Class>/<video>/<frame:05d>.png",
+            "object_mm": list(OBJECT_MM),
+            "background_mm": list(BACKGROUND_RANGE_MM),
+        },
+    }
+    (root / "synthetic.json").write_text(json.dumps(info, indent=2) + "\n")
+    logger.debug("wrote %d synthetic videos to %s in %.1f s", len(jobs), root, time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading (generating on first use)
+
+_PARTS = ("synthetic.json", "depth", "UCF-101", "ucfTrainTestlist")  # moved into place in this order
+
+
+def _complete(root: Path) -> bool:
+    return (root / "UCF-101").is_dir() and (root / "ucfTrainTestlist").is_dir()
+
+
+@contextmanager
+def _lock(root: Path):
+    """An exclusive lock beside `root`, so that concurrent processes (e.g. torchrun ranks) generate once."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _temp_dir(parent: Path, prefix: str) -> Path:
+    """A new folder with the usual permissions (tempfile.mkdtemp's 0700 would survive the rename)."""
+    path = parent / f"{prefix}{os.getpid()}-{time.time_ns()}"
+    path.mkdir()
+    return path
+
+
+def _generate_into(root: Path, params: dict) -> None:
+    """Generate in a temporary folder and move it into place, so an interrupted run leaves no half dataset.
+
+    Call with the lock held: it also removes the temporary folders of earlier, interrupted runs.
+    """
+    stale = [*root.parent.glob(f".{root.name}.tmp-*"), *(root.glob(".synthetic-tmp-*") if root.is_dir() else [])]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    if root.exists() and any(root.iterdir()):
+        leftovers = [n for n in _PARTS if (root / n).exists()]
+        if leftovers and not (root / "synthetic.json").exists():
+            raise UserError(
+                f"dataset.root={root} holds {', '.join(leftovers)} but not a complete dataset and not a synthetic "
+                "one; point dataset.root at an empty or missing folder to generate the synthetic dataset there"
+            )
+        for name in leftovers:  # ours, from an interrupted move: remove before replacing
+            shutil.rmtree(root / name) if (root / name).is_dir() else (root / name).unlink()
+        tmp = _temp_dir(root, ".synthetic-tmp-")
+        try:
+            generate(tmp, **params)
+            for name in _PARTS:
+                os.replace(tmp / name, root / name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temp_dir(root.parent, f".{root.name}.tmp-")
+        try:
+            generate(tmp, **params)
+            if root.exists():
+                root.rmdir()  # empty: replace it
+            os.replace(tmp, root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _generate_params(cfg: Mapping) -> dict:
+    given = dict(cfg.get("generate") or {})
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise UserError(f"unknown key dataset.generate.{unknown[0]}; valid: {', '.join(DEFAULTS)}")
+    params = {**DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
+    try:
+        return {k: (float(v) if k == "fps" else int(v)) for k, v in params.items()}
+    except (TypeError, ValueError) as e:
+        raise UserError(f"dataset.generate holds a non-numeric value: {e}") from e
+
+
+def load(cfg: Mapping):
+    """Index the synthetic dataset at cfg["root"], generating it there first when the folder holds no data.
+
+    cfg: the `dataset` config group: name="synthetic", root, split (1-3), generate (classes,
+    videos_per_class, frames, size, fps, seed, workers). Returns a DatasetIndex named "synthetic";
+    `extra` holds "depth_dir" and the generation parameters.
+    """
+    from mvcoding.datasets import ucf101
+
+    if cfg.get("root") is None or str(cfg.get("root")).strip() == "":
+        raise UserError("dataset.root is not set; pass dataset.root=/path/to/a/folder (generated there on first use)")
+    root = Path(os.path.abspath(os.path.expanduser(str(cfg["root"]))))
+    params = _generate_params(cfg)
+    if not _complete(root):
+        _check(**{k: params[k] for k in ("classes", "videos_per_class", "frames", "size", "fps", "workers")})
+        with _lock(root):
+            if not _complete(root):  # another process may have generated it while we waited
+                logger.info("generating the synthetic dataset in %s ...", root)
+                _generate_into(root, params)
+    info_path = root / "synthetic.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    made = info.get("params", {})
+    wanted = {k: v for k, v in params.items() if k != "workers"}
+    if made and any(made.get(k) != v for k, v in wanted.items()):
+        logger.warning(
+            "%s was generated with %s, not the configured dataset.generate %s; using it as it is "
+            "(delete the folder or choose another dataset.root to regenerate)",
+            root,
+            made,
+            wanted,
+        )
+    index = ucf101.load(cfg)
+    extra = {**index.extra, "depth_dir": str(root / "depth"), "generate": made or wanted}
+    return dataclasses.replace(index, name="synthetic", extra=extra)

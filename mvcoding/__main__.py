@@ -1,0 +1,3 @@
+from mvcoding.cli import main
+
+raise SystemExit(main())

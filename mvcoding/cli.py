@@ -1,0 +1,77 @@
+"""The `mvcoding` command.
+
+    mvcoding train CONFIG.yaml [key=value ...]
+    mvcoding eval {linear,finetune,retrieval} CONFIG.yaml checkpoint=PATH [key=value ...]
+    mvcoding eval fuse RESULT_A RESULT_B
+    mvcoding demo [key=value ...]
+    mvcoding views
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from mvcoding.errors import UserError
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="mvcoding", description="Contrastive Multiview Coding for video.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="pretrain encoders with CMC")
+    t.add_argument("config", help="YAML config path, e.g. configs/synthetic_rgb_flow.yaml")
+    t.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
+    e = sub.add_parser("eval", help="transfer to action recognition")
+    e.add_argument("task", choices=["linear", "finetune", "retrieval", "fuse"])
+    e.add_argument("config", help="YAML config path (fuse: the first results.json)")
+    e.add_argument("overrides", nargs="*", help="Hydra overrides key=value (fuse: the second results.json)")
+    d = sub.add_parser("demo", help="synthetic data -> flow cache -> CMC pretraining -> linear probe, on the CPU")
+    d.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
+    sub.add_parser("views", help="list the registered views and where they come from")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> None:
+    from mvcoding.config import load_config
+
+    if args.command == "views":
+        from mvcoding.registry import list_views, view_settings, view_source
+
+        for name in list_views():
+            settings = ", ".join(f"{k}={v}" for k, v in view_settings(name).items())
+            print(f"{name:10s} {view_source(name):28s} {settings}")
+    elif args.command == "train":
+        from mvcoding.train import train
+
+        train(load_config(args.config, args.overrides))
+    elif args.command == "eval":
+        from mvcoding import transfer
+
+        if args.task == "fuse":
+            if len(args.overrides) != 1:
+                raise UserError("usage: mvcoding eval fuse RESULT_A.json RESULT_B.json")
+            transfer.fuse(args.config, args.overrides[0])
+        else:
+            transfer.evaluate(args.task, load_config(args.config, args.overrides))
+    elif args.command == "demo":
+        from mvcoding.demo import demo
+
+        demo(args.overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    args = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        run(args)
+    except UserError as e:
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        # raised in a DataLoader worker, the message carries the worker's traceback: keep the cause
+        message = lines[-1].split("UserError: ", 1)[-1] if len(lines) > 1 else str(e)
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun with resume=auto to continue", file=sys.stderr)
+        return 130
+    return 0

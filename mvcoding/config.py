@@ -1,0 +1,82 @@
+"""Configs: a YAML path plus Hydra overrides, composed with Hydra's compose API.
+
+    cfg = load_config("configs/ucf101_rgb_flow.yaml", ["dataset.root=/data/ucf101"])
+
+The config's folder is the Hydra config directory, so its defaults list composes the groups next to
+it (dataset/, eval/, ...). The result is in struct mode: a misspelt key is an error naming it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from mvcoding.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+TOP_KEYS = {
+    "name", "seed", "device", "resume", "checkpoint", "run", "cache", "data", "train",
+    "objective", "optim", "precompute", "eval", "views", "dataset",
+}  # fmt: skip
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose the config file at `path` with `overrides` (key=value strings) and check it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} not found; pass a YAML path such as configs/synthetic_rgb_flow.yaml")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(path.resolve().parent), version_base=None):
+            cfg = compose(config_name=path.stem, overrides=list(overrides))
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"bad config {path} {' '.join(overrides)}: {first}") from e
+    finally:
+        GlobalHydra.instance().clear()
+    check_config(cfg)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise UserError for values the trainer cannot use, naming the key and the valid values."""
+    unknown = sorted(set(cfg) - TOP_KEYS)
+    if unknown:
+        raise UserError(f"unknown config key {unknown[0]!r}; valid top-level keys: {', '.join(sorted(TOP_KEYS))}")
+    views = list(cfg.views or {})
+    o = cfg.objective
+    choices = {
+        "objective.name": (o.name, ("cmc", "predictive")),
+        "objective.graph": (o.graph, ("core", "full")),
+        "objective.negatives": (o.negatives, ("memory_bank", "in_batch")),
+        "objective.score": (o.score, ("softmax", "nce")),
+        "optim.name": (cfg.optim.name, ("sgd", "adamw")),
+        "optim.schedule": (cfg.optim.schedule, ("cosine", "step", "constant")),
+        "dataset.split": (cfg.dataset.split, (1, 2, 3)),
+    }
+    for key, (value, valid) in choices.items():
+        if value not in valid:
+            raise UserError(f"{key}={value!r} is not valid; choose one of: {', '.join(map(str, valid))}")
+    if not str(cfg.device).startswith(("auto", "cpu", "cuda")):
+        raise UserError(f"device={cfg.device!r} is not valid; choose auto, cpu, cuda or cuda:N")
+    if len(views) < 2 and o.name == "cmc":
+        raise UserError(f"CMC needs at least 2 views, the config has {views}; add one under views:")
+    if o.graph == "core" and o.name == "cmc" and o.anchor not in views:
+        raise UserError(f"objective.anchor={o.anchor!r} is not one of the views {views}; set objective.anchor=<view>")
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    """The run directory: run.dir, or runs/<name>-<timestamp>."""
+    if cfg.run.dir:
+        return Path(cfg.run.dir)
+    return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"

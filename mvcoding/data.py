@@ -1,0 +1,156 @@
+"""The multi-view clip dataset: one time window per item, decoded by every configured view.
+
+    item = {view_name: Tensor, ..., "index": int, "label": int, "video": int}
+
+Augmentation parameters are drawn from a generator seeded by (seed, epoch, item), so an item is the
+same whichever worker decodes it, and a resumed run sees exactly the data of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from mvcoding.errors import UserError
+from mvcoding.registry import Clip, View
+from mvcoding.transforms import sample_aug
+from mvcoding.video import video_info
+
+log = logging.getLogger(__name__)
+
+
+def video_lengths(records, cache_dir: str | Path) -> dict[str, tuple[int, float]]:
+    """{video_id: (num_frames, fps)}, read once with decord and kept in <cache_dir>/lengths.json."""
+    path = Path(cache_dir) / "lengths.json"
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    todo = [r for r in records if r.video_id not in known]
+    if todo:
+        log.info("reading the length of %d videos (once; kept in %s)", len(todo), path)
+        with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+            for r, info in zip(todo, pool.map(lambda r: video_info(r.path)[:2], todo), strict=True):
+                known[r.video_id] = info
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(known))
+        tmp.replace(path)
+    return {r.video_id: tuple(known[r.video_id]) for r in records}
+
+
+def clip_starts(num_frames: int, span: int, clips: int) -> list[int]:
+    """Start frames of `clips` windows of `span` frames spread uniformly over a video."""
+    last = num_frames - span
+    if clips == 1:
+        return [last // 2]
+    return [round(i * last / (clips - 1)) for i in range(clips)]
+
+
+class MultiViewClips(Dataset):
+    """Clips of `records` decoded by every view in `views`.
+
+    train: one random window per video per epoch, random crop/flip shared by the views.
+    eval:  `clips` windows spread uniformly over each video, centre crop; item i is clip i % clips
+           of video i // clips.
+    """
+
+    def __init__(
+        self,
+        records,
+        views: dict[str, View],
+        lengths: dict[str, tuple[int, float]],
+        *,
+        frames: int,
+        stride: int,
+        train: bool,
+        clips: int = 1,
+        scale=(0.4, 1.0),
+        flip: bool = True,
+        seed: int = 0,
+    ):
+        self.records, self.views, self.lengths = list(records), views, lengths
+        self.frames, self.stride, self.train, self.clips = frames, stride, train, 1 if train else clips
+        self.scale, self.flip, self.seed, self.epoch = tuple(scale), flip, seed, 0
+        span = (frames - 1) * stride + 1
+        short = [r.video_id for r in self.records if lengths[r.video_id][0] < span]
+        if short:
+            n = lengths[short[0]][0]
+            raise UserError(
+                f"a clip of data.frames={frames} x data.stride={stride} needs {span} frames but video {short[0]} "
+                f"has {n} ({len(short)} videos too short); lower data.frames or data.stride"
+            )
+
+    def __len__(self) -> int:
+        return len(self.records) * self.clips
+
+    def clip(self, i: int, rng: np.random.Generator) -> Clip:
+        r = self.records[i // self.clips]
+        n, fps = self.lengths[r.video_id]
+        span = (self.frames - 1) * self.stride + 1
+        start = int(rng.integers(0, n - span + 1)) if self.train else clip_starts(n, span, self.clips)[i % self.clips]
+        return Clip(r.video_id, r.path, start, self.frames, self.stride, fps, n)
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng((self.seed, self.epoch, i))
+        clip = self.clip(i, rng)
+        aug = sample_aug(rng, train=self.train, scale=self.scale, flip=self.flip)
+        item = {name: view.transform(view.decode(clip), aug) for name, view in self.views.items()}
+        r = self.records[i // self.clips]
+        return item | {"index": i // self.clips, "label": r.label, "video": i // self.clips}
+
+
+class EpochSampler(Sampler):
+    """A seeded permutation per epoch, cut into global batches of batch_size x world items.
+
+    Rank r takes items [r * batch_size, (r + 1) * batch_size) of every global batch, so a step sees
+    the same global batch whatever the number of processes. Incomplete global batches are dropped.
+    `set_epoch(epoch, skip)` starts mid-epoch, for resume.
+    """
+
+    def __init__(self, n: int, *, seed: int, shuffle: bool, rank: int = 0, world: int = 1, batch_size: int = 1):
+        self.n, self.seed, self.shuffle, self.rank, self.world, self.b = n, seed, shuffle, rank, world, batch_size
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Iterate epoch `epoch`, skipping the first `skip` items of this rank."""
+        self.epoch, self.skip = epoch, skip
+
+    def order(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        gb = self.b * self.world
+        return [
+            i
+            for start in range(0, len(order) - gb + 1, gb)
+            for i in order[start + self.rank * self.b : start + (self.rank + 1) * self.b]
+        ]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order()[self.skip :])
+
+    def __len__(self) -> int:
+        return len(self.order()) - self.skip
+
+
+def make_loader(dataset: Dataset, sampler: Sampler, *, batch_size: int, workers: int, prefetch: int,
+                pin_memory: bool, drop_last: bool) -> DataLoader:  # fmt: skip
+    """A DataLoader over `sampler`; each worker opens its own video/HDF5 handles lazily."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        prefetch_factor=prefetch if workers > 0 else None,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        persistent_workers=False,
+    )

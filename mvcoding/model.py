@@ -1,0 +1,44 @@
+"""Encoders and projection heads for every view, built from the config."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from mvcoding.registry import View, ViewContext, build_view
+
+
+def view_context(cfg: DictConfig) -> ViewContext:
+    return ViewContext(
+        dataset=cfg.dataset.name,
+        root=str(cfg.dataset.root),
+        cache_dir=str(cfg.cache.dir),
+        frames=cfg.data.frames,
+        stride=cfg.data.stride,
+        size=cfg.data.size,
+    )
+
+
+def build_views(cfg: DictConfig, names=None) -> dict[str, View]:
+    """Build the views of `cfg.views` (or only `names`), in config order."""
+    ctx = view_context(cfg)
+    names = list(cfg.views) if names is None else list(names)
+    return {n: build_view(n, ctx, **OmegaConf.to_container(cfg.views[n] or {}, resolve=True)) for n in names}
+
+
+class MultiViewModel(nn.Module):
+    """One encoder f_i and one linear projection head per view.
+
+    forward(batch) -> {view: z (B, D)}, L2-normalised embeddings; features(batch) -> {view: (B, F)}.
+    """
+
+    def __init__(self, views: dict[str, View], dim: int):
+        super().__init__()
+        self.encoders = nn.ModuleDict({n: v.build_encoder() for n, v in views.items()})
+        self.heads = nn.ModuleDict({n: nn.Linear(e.feat_dim, dim) for n, e in self.encoders.items()})
+
+    def features(self, batch: dict) -> dict:
+        return {n: enc(batch[n]) for n, enc in self.encoders.items()}
+
+    def forward(self, batch: dict) -> dict:
+        return {n: nn.functional.normalize(self.heads[n](f), dim=1) for n, f in self.features(batch).items()}

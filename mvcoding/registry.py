@@ -1,0 +1,166 @@
+"""The one flat registry of views.
+
+A view is a decoder plus an encoder under one name; the name is the registry key, the YAML key
+under `views:`, the batch key and the HDF5 `modality` attribute.
+
+    @register_view("flow")
+    def flow(*, ctx: ViewContext, encoder: str = "small3d", size: int = 112) -> View: ...
+
+Factories take keyword-only arguments and no `**kwargs`, so a misspelt YAML key is an error that
+names it. Outside packages register views through the entry-point group `mvcoding.views`: each
+entry point names a module (or callable) whose import registers its views.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+
+import torch
+from torch import nn
+
+from mvcoding.errors import UserError
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A time window of one video; every view decodes the same window.
+
+    Frames start, start + stride, ..., start + (num_frames - 1) * stride (0-based).
+    """
+
+    video_id: str
+    path: str
+    start: int
+    num_frames: int
+    stride: int
+    fps: float
+    video_frames: int  # frames in the whole video
+
+    @property
+    def frame_indices(self) -> list[int]:
+        return [self.start + i * self.stride for i in range(self.num_frames)]
+
+    @property
+    def seconds(self) -> tuple[float, float]:
+        """The clip's time span [t0, t1) in seconds."""
+        return self.start / self.fps, (self.start + self.num_frames * self.stride) / self.fps
+
+
+@dataclass(frozen=True)
+class Aug:
+    """Augmentation parameters drawn once per item and shared by every view.
+
+    crop: (y0, x0, h, w) as fractions of the frame, so views at different resolutions stay aligned.
+    flip: horizontal flip.
+    """
+
+    train: bool
+    crop: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    flip: bool = False
+
+
+@dataclass(frozen=True)
+class ViewContext:
+    """What the framework tells every view factory about the run."""
+
+    dataset: str  # dataset.name
+    root: str  # dataset.root
+    cache_dir: str  # cache.dir
+    frames: int  # data.frames: clip length T
+    stride: int  # data.stride
+    size: int  # data.size: default spatial size
+
+
+@dataclass
+class View:
+    """A built view.
+
+    decode(clip) -> Tensor, in DataLoader workers on the CPU (no CUDA): usually (C, T, H, W).
+    transform(x, aug) -> Tensor: the model input for one item, e.g. (C, T, size, size) float32.
+    build_encoder() -> nn.Module mapping the batched input (B, ...) to features (B, feat_dim);
+        the module has an int attribute `feat_dim`.
+    check(records) -> None: optional, run once before training/eval (e.g. that a cache is filled);
+        raises UserError naming what is missing and the command that fills it.
+    """
+
+    name: str
+    channels: int
+    decode: Callable[[Clip], torch.Tensor]
+    transform: Callable[[torch.Tensor, Aug], torch.Tensor]
+    build_encoder: Callable[[], nn.Module]
+    check: Callable[[list], None] | None = None
+    settings: dict = field(default_factory=dict)
+
+
+_VIEWS: dict[str, Callable[..., View]] = {}
+_SOURCES: dict[str, str] = {}
+_loaded_plugins = False
+
+
+def register_view(name: str) -> Callable:
+    """Decorator registering a view factory under `name`; registering a name twice raises."""
+
+    def wrap(factory: Callable[..., View]) -> Callable[..., View]:
+        if name in _VIEWS:
+            raise ValueError(f"view {name!r} is already registered by {_SOURCES[name]}")
+        params = inspect.signature(factory).parameters.values()
+        if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params):
+            raise TypeError(f"view factory {name!r} must take keyword-only arguments, not *args/**kwargs")
+        _VIEWS[name] = factory
+        _SOURCES[name] = factory.__module__
+        return factory
+
+    return wrap
+
+
+def _load_plugins() -> None:
+    """Import the built-in views and every `mvcoding.views` entry point (once)."""
+    global _loaded_plugins
+    if _loaded_plugins:
+        return
+    _loaded_plugins = True
+    import mvcoding.views  # noqa: F401  (registers the built-ins)
+
+    for ep in entry_points(group="mvcoding.views"):
+        try:
+            ep.load()
+        except Exception as e:  # a broken plugin must not break the tool
+            raise UserError(f"view plugin {ep.name!r} ({ep.value}) failed to load: {e}") from e
+
+
+def list_views() -> list[str]:
+    """Names of every registered view (built-in and plugins), sorted."""
+    _load_plugins()
+    return sorted(_VIEWS)
+
+
+def view_source(name: str) -> str:
+    """The module that registered view `name`."""
+    _load_plugins()
+    return _SOURCES[name]
+
+
+def view_settings(name: str) -> dict:
+    """The settings a view accepts, with their defaults (None where a value is required)."""
+    _load_plugins()
+    params = inspect.signature(_VIEWS[name]).parameters
+    return {k: (None if p.default is p.empty else p.default) for k, p in params.items() if k != "ctx"}
+
+
+def build_view(name: str, ctx: ViewContext, **settings) -> View:
+    """Build view `name` from its YAML settings; unknown names and keys raise UserError."""
+    _load_plugins()
+    if name not in _VIEWS:
+        raise UserError(f"unknown view {name!r}; registered views: {', '.join(sorted(_VIEWS))}")
+    valid = view_settings(name)
+    unknown = sorted(set(settings) - set(valid))
+    if unknown:
+        raise UserError(
+            f"unknown setting views.{name}.{unknown[0]}; valid settings for view {name!r}: {', '.join(sorted(valid))}"
+        )
+    view = _VIEWS[name](ctx=ctx, **settings)
+    view.settings = {**{k: v for k, v in valid.items()}, **settings}
+    return view

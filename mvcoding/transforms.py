@@ -1,0 +1,76 @@
+"""Pure functions on clip tensors: crops shared by aligned views, flips, normalisation, Lab.
+
+Shapes: a clip is (C, T, H, W); a batch of clips (B, C, T, H, W).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mvcoding.registry import Aug
+
+
+def sample_aug(rng: np.random.Generator, *, train: bool, scale=(0.4, 1.0), flip: bool = True) -> Aug:
+    """Draw one random-resized-crop box (fractions of the frame) and a flip, shared by every view.
+
+    Eval (train=False) returns the centre crop marker (crop=None): each view takes its central square.
+    """
+    if not train:
+        return Aug(train=False, crop=None, flip=False)
+    area = rng.uniform(*scale)
+    ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+    h = min(1.0, math.sqrt(area / ratio))
+    w = min(1.0, math.sqrt(area * ratio))
+    y0, x0 = rng.uniform(0, 1 - h), rng.uniform(0, 1 - w)
+    return Aug(train=True, crop=(y0, x0, h, w), flip=bool(flip and rng.random() < 0.5))
+
+
+def crop_box(height: int, width: int, crop) -> tuple[int, int, int, int]:
+    """Pixel box (y0, x0, h, w) of a fractional crop on an H x W frame; None -> the central square."""
+    if crop is None:
+        s = min(height, width)
+        return (height - s) // 2, (width - s) // 2, s, s
+    y0, x0, h, w = crop
+    ph, pw = max(1, round(h * height)), max(1, round(w * width))
+    return min(round(y0 * height), height - ph), min(round(x0 * width), width - pw), ph, pw
+
+
+def crop_resize(x: torch.Tensor, crop, size: int) -> torch.Tensor:
+    """Crop (C, T, H, W) float by a fractional box and resize to (C, T, size, size), bilinear."""
+    c, t, height, width = x.shape
+    y0, x0, h, w = crop_box(height, width, crop)
+    x = x[:, :, y0 : y0 + h, x0 : x0 + w]
+    if (h, w) != (size, size):
+        x = F.interpolate(x.transpose(0, 1), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        x = x.transpose(0, 1)
+    return x.contiguous()
+
+
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Per-channel (x - mean) / std on (C, T, H, W)."""
+    mean = torch.as_tensor(mean, dtype=x.dtype).view(-1, 1, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype).view(-1, 1, 1, 1)
+    return (x - mean) / std
+
+
+def rgb_to_lab(x: torch.Tensor) -> torch.Tensor:
+    """sRGB in [0, 1], (..., 3, T, H, W) or any (..., 3, *) with channels at dim -4, to CIE Lab (D65).
+
+    One batched tensor expression, no per-frame loop. L in [0, 100], a and b roughly in [-110, 110].
+    """
+    rgb = torch.where(x > 0.04045, ((x + 0.055) / 1.055) ** 2.4, x / 12.92)
+    m = torch.tensor(
+        [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]],
+        dtype=x.dtype,
+    )
+    xyz = torch.einsum("ij,...jthw->...ithw", m, rgb)
+    xyz = xyz / torch.tensor([0.950456, 1.0, 1.088754], dtype=x.dtype).view(3, 1, 1, 1)
+    eps = 0.008856
+    f = torch.where(xyz > eps, xyz.clamp(min=1e-12) ** (1 / 3), 7.787 * xyz + 16 / 116)
+    fx, fy, fz = f.unbind(-4)
+    L = torch.where(xyz[..., 1, :, :, :] > eps, 116 * fy - 16, 903.3 * xyz[..., 1, :, :, :])
+    return torch.stack([L, 500 * (fx - fy), 200 * (fy - fz)], dim=-4)

@@ -1,0 +1,57 @@
+"""Reading and writing video files: decord to read, OpenCV to write (tests and the synthetic set)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mvcoding.errors import UserError
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: float = 25.0) -> None:
+    """Write frames (T, H, W, 3) uint8 RGB as an MJPG .avi that decord reads back.
+
+    H and W must be even (decord returns width-1 frames for some odd widths).
+    """
+    import cv2
+
+    t, h, w, c = frames.shape
+    if c != 3 or h % 2 or w % 2:
+        raise ValueError(f"frames must be (T, H, W, 3) with even H, W; got {frames.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), float(fps), (w, h))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV could not open a video writer for {path}")
+    for frame in frames:
+        writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
+    writer.release()
+
+
+def open_video(path: str, *, width: int = -1, height: int = -1):
+    """A decord VideoReader, or UserError naming the file when it cannot be decoded."""
+    import decord
+
+    try:
+        return decord.VideoReader(str(path), width=width, height=height, num_threads=1)
+    except Exception as e:  # decord raises DECORDError / RuntimeError with C++ traces
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot decode video {path}: {msg[:200]}; check the file or remove it from the split") from e
+
+
+def video_info(path: str) -> tuple[int, float, int, int]:
+    """(num_frames, fps, height, width) of a video file."""
+    vr = open_video(path)
+    h, w = vr[0].shape[:2]
+    return len(vr), float(vr.get_avg_fps() or 25.0), h, w
+
+
+def read_frames(path: str, indices: list[int] | None = None, *, width: int = -1, height: int = -1) -> np.ndarray:
+    """Frames (T, H, W, 3) uint8 RGB at `indices` (all frames when None), resized if width/height given."""
+    vr = open_video(path, width=width, height=height)
+    if indices is None:
+        indices = list(range(len(vr)))
+    if indices and max(indices) >= len(vr):
+        raise UserError(f"clip frames up to {max(indices)} asked from {path}, which has {len(vr)} frames")
+    return vr.get_batch(indices).asnumpy()

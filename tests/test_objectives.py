@@ -1,0 +1,414 @@
+"""Objectives against their formulas written out by hand (float64 loops), plus behaviour tests."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mvcoding import distributed
+from mvcoding.errors import UserError
+from mvcoding.objectives import (
+    CMCObjective,
+    PredictiveDecoder,
+    bank_logits,
+    batch_log_norm_const,
+    in_batch_loss,
+    info_nce,
+    mi_lower_bound,
+    nce_binary_loss,
+    nce_softmax_loss,
+    predictive_loss,
+    sample_negatives,
+    update_bank,
+    update_log_norm_const,
+    view_pairs,
+)
+
+
+def unit(*shape: int, seed: int = 0) -> torch.Tensor:
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def dot(u: list[float], v: list[float]) -> float:
+    return sum(a * b for a, b in zip(u, v, strict=True))
+
+
+def softmax_ce_by_hand(rows: list[list[float]], positives: list[int]) -> float:
+    """mean_i -log(exp(l_i,pos) / sum_j exp(l_ij)) with math.exp / math.log."""
+    total = 0.0
+    for row, pos in zip(rows, positives, strict=True):
+        total += -math.log(math.exp(row[pos]) / sum(math.exp(x) for x in row))
+    return total / len(rows)
+
+
+def bank_rows_by_hand(z, bank, index, neg, tau) -> list[list[float]]:
+    """Logits (B, K+1) with bank[index] first, then bank[neg], as plain floats."""
+    z, bank = z.double().tolist(), bank.double().tolist()
+    return [[dot(z[i], bank[j]) / tau for j in [index[i].item(), *neg[i].tolist()]] for i in range(len(z))]
+
+
+# --- the formulas ------------------------------------------------------------------------------
+
+
+def test_in_batch_two_views_is_the_infonce_formula():
+    B, D, tau = 5, 4, 0.2
+    za, zb = unit(B, D, seed=1), unit(B, D, seed=2)
+    a, b = za.double().tolist(), zb.double().tolist()
+    l_ab = softmax_ce_by_hand([[dot(a[i], b[j]) / tau for j in range(B)] for i in range(B)], list(range(B)))
+    l_ba = softmax_ce_by_hand([[dot(b[i], a[j]) / tau for j in range(B)] for i in range(B)], list(range(B)))
+    assert info_nce(za, zb, tau).item() == pytest.approx(l_ab, rel=1e-5)
+    assert in_batch_loss(za, zb, tau).item() == pytest.approx(l_ab + l_ba, rel=1e-5)
+    obj = CMCObjective(views=["rgb", "flow"], graph="full", negatives="in_batch", tau=tau)
+    loss, stats = obj({"rgb": za, "flow": zb}, torch.arange(B))
+    assert loss.item() == pytest.approx(l_ab + l_ba, rel=1e-5)
+    assert stats["mi/rgb-flow"] == pytest.approx(math.log(B - 1) - (l_ab + l_ba) / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("n_data", [8, 1000])  # 8: one GEMM over the bank; 1000: the gathered path
+def test_bank_softmax_loss_is_the_formula(n_data):
+    B, D, K, tau = 4, 3, 5, 0.07
+    z, bank = unit(B, D, seed=3), unit(n_data, D, seed=4)
+    index = torch.tensor([0, 3, n_data - 1, 2])
+    neg = sample_negatives(index, n_data, K, torch.Generator().manual_seed(0))
+    logits = bank_logits(z, bank, index, neg, tau)
+    rows = bank_rows_by_hand(z, bank, index, neg, tau)
+    assert logits.shape == (B, K + 1)
+    assert torch.allclose(logits.double(), torch.tensor(rows, dtype=torch.float64), atol=1e-4)
+    assert nce_softmax_loss(logits).item() == pytest.approx(softmax_ce_by_hand(rows, [0] * B), rel=1e-5)
+
+
+def test_binary_nce_with_a_given_z_is_the_formula():
+    B, K, n_data = 3, 4, 50
+    logits = torch.randn(B, K + 1, generator=torch.Generator().manual_seed(5)) * 3
+    Z = 7.5
+    pn = 1 / n_data
+    total = 0.0
+    for row in logits.double().tolist():
+        x = [math.exp(v) / Z for v in row]
+        total += math.log(x[0] / (x[0] + K * pn)) + sum(math.log(K * pn / (xk + K * pn)) for xk in x[1:])
+    expected = -total / B
+    assert nce_binary_loss(logits, math.log(Z), n_data).item() == pytest.approx(expected, rel=1e-5)
+    assert nce_binary_loss(logits, torch.tensor(math.log(Z)), n_data).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_running_z_is_the_momentum_average_and_starts_from_the_first_batch():
+    logits = torch.randn(3, 6, generator=torch.Generator().manual_seed(6))
+    z_batch = sum(math.exp(v) for v in logits.double().flatten().tolist()) / logits.numel() * 200
+    log_zb = batch_log_norm_const(logits, 200)
+    assert log_zb.exp().item() == pytest.approx(z_batch, rel=1e-5)
+    first = update_log_norm_const(torch.tensor(-math.inf), log_zb, 0.9)
+    assert first.exp().item() == pytest.approx(z_batch, rel=1e-5)
+    nxt = update_log_norm_const(torch.tensor(math.log(3.0)), torch.tensor(math.log(11.0)), 0.9)
+    assert nxt.exp().item() == pytest.approx(0.9 * 3.0 + 0.1 * 11.0, rel=1e-6)
+    frozen = update_log_norm_const(torch.tensor(math.log(3.0)), torch.tensor(math.log(11.0)), 1.0)
+    assert frozen.exp().item() == pytest.approx(3.0, rel=1e-6)
+
+
+def test_objective_keeps_estimating_z_after_the_first_batch():
+    n_data, m = 20, 0.8
+    obj = CMCObjective(views=["a", "b"], graph="full", score="nce", n_data=n_data, dim=4, K=6, z_momentum=m)
+    index, gen = torch.tensor([1, 5, 7]), torch.Generator().manual_seed(0)
+    z1 = {"a": unit(3, 4, seed=7), "b": unit(3, 4, seed=8)}
+    z2 = {"a": unit(3, 4, seed=9), "b": unit(3, 4, seed=10)}
+
+    def batch_z(z, seed):  # Z_batch for direction a -> bank b, by hand, with the same negatives
+        neg = sample_negatives(index, n_data, 6, torch.Generator().manual_seed(seed))
+        rows = bank_rows_by_hand(z["a"], obj.banks.b, index, neg, obj.tau)
+        return sum(math.exp(v) for r in rows for v in r) / (3 * 7) * n_data
+
+    zb1 = batch_z(z1, 0)
+    obj(z1, index, gen)
+    assert obj.log_z[0, 0].exp().item() == pytest.approx(zb1, rel=1e-4)
+    zb2 = batch_z(z2, 1)
+    gen = torch.Generator().manual_seed(1)
+    obj(z2, index, gen)
+    assert obj.log_z[0, 0].exp().item() == pytest.approx(m * zb1 + (1 - m) * zb2, rel=1e-4)
+
+
+def test_sampled_negatives_never_hit_the_positive_and_are_uniform():
+    n_data, K = 7, 20000
+    index = torch.tensor([0, n_data - 1, 3])
+    neg = sample_negatives(index, n_data, K, torch.Generator().manual_seed(0))
+    assert neg.shape == (3, K) and neg.dtype == torch.long
+    assert int(neg.min()) >= 0 and int(neg.max()) < n_data
+    for i, pos in enumerate(index.tolist()):
+        counts = torch.bincount(neg[i], minlength=n_data).double()
+        assert counts[pos] == 0
+        others = counts[torch.arange(n_data) != pos] / K
+        assert torch.allclose(others, torch.full_like(others, 1 / (n_data - 1)), atol=0.015)
+    # the smallest possible dataset: the only negative is the other row
+    assert sample_negatives(torch.tensor([0, 1]), 2, 50).tolist() == [[1] * 50, [0] * 50]
+    # reproducible from the generator
+    again = sample_negatives(index, n_data, K, torch.Generator().manual_seed(0))
+    assert torch.equal(neg, again)
+
+
+def test_update_bank_is_the_formula():
+    bank = unit(6, 3, seed=11)
+    before = bank.double().tolist()
+    z = unit(2, 3, seed=12)
+    update_bank(bank, torch.tensor([4, 1]), z, 0.5)
+    for row, j in zip(z.double().tolist(), [4, 1], strict=True):
+        mixed = [0.5 * b + 0.5 * v for b, v in zip(before[j], row, strict=True)]
+        norm = math.sqrt(sum(x * x for x in mixed))
+        assert bank[j].double().tolist() == pytest.approx([x / norm for x in mixed], rel=1e-5)
+    untouched = [0, 2, 3, 5]
+    assert torch.equal(bank[untouched].double(), torch.tensor([before[j] for j in untouched], dtype=torch.float64))
+    # a repeated index takes its first row
+    update_bank(bank, torch.tensor([0, 0]), torch.stack([z[0], z[1]]), 0.0)
+    assert torch.allclose(bank[0], z[0])
+
+
+def test_mi_lower_bound():
+    assert mi_lower_bound(1.5, 100) == pytest.approx(math.log(100) - 1.5)
+
+
+@pytest.mark.parametrize(
+    ("views", "core", "full"),
+    [
+        (["a", "b"], [("a", "b")], [("a", "b")]),
+        (["a", "b", "c"], [("a", "b"), ("a", "c")], [("a", "b"), ("a", "c"), ("b", "c")]),
+        (
+            ["a", "b", "c", "d"],
+            [("a", "b"), ("a", "c"), ("a", "d")],
+            [("a", "b"), ("a", "c"), ("a", "d"), ("b", "c"), ("b", "d"), ("c", "d")],
+        ),
+    ],
+)
+def test_view_pairs(views, core, full):
+    assert view_pairs(views, "core", "a") == core
+    assert view_pairs(views, "full", None) == full
+    assert view_pairs(views, "core", views[-1]) == [(views[-1], v) for v in views[:-1]]
+
+
+def test_view_pairs_rejects_bad_settings():
+    with pytest.raises(UserError, match="anchor"):
+        view_pairs(["a", "b"], "core", "x")
+    with pytest.raises(UserError, match="graph"):
+        view_pairs(["a", "b"], "star", None)
+    with pytest.raises(UserError, match="two distinct"):
+        view_pairs(["a"], "full", None)
+
+
+# --- the objective -----------------------------------------------------------------------------
+
+
+def test_bank_objective_scores_each_view_against_the_other_views_bank():
+    n_data, K, tau = 30, 5, 0.1
+    obj = CMCObjective(views=["a", "b"], graph="full", n_data=n_data, dim=4, K=K, tau=tau)
+    z = {"a": unit(3, 4, seed=13), "b": unit(3, 4, seed=14)}
+    index = torch.tensor([0, 29, 12])
+    loss, stats = obj(z, index, torch.Generator().manual_seed(3))
+    neg = sample_negatives(index, n_data, K, torch.Generator().manual_seed(3))
+    l_ab = softmax_ce_by_hand(bank_rows_by_hand(z["a"], obj.banks.b, index, neg, tau), [0] * 3)
+    l_ba = softmax_ce_by_hand(bank_rows_by_hand(z["b"], obj.banks.a, index, neg, tau), [0] * 3)
+    assert loss.item() == pytest.approx(l_ab + l_ba, rel=1e-5)
+    assert stats["loss/a-b"] == pytest.approx(l_ab + l_ba, rel=1e-5)
+    assert stats["mi/a-b"] == pytest.approx(math.log(K) - (l_ab + l_ba) / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("negatives", ["memory_bank", "in_batch"])
+@pytest.mark.parametrize("graph", ["full", "core"])
+def test_three_views_give_stats_for_every_pair(negatives, graph):
+    obj = CMCObjective(views=["rgb", "flow", "depth"], graph=graph, anchor="rgb", negatives=negatives, n_data=40, K=8)
+    z = {v: unit(4, 128, seed=i) for i, v in enumerate(["rgb", "flow", "depth"])}
+    loss, stats = obj(z, torch.tensor([0, 1, 2, 39]), torch.Generator().manual_seed(0))
+    pairs = view_pairs(["rgb", "flow", "depth"], graph, "rgb")
+    assert sorted(stats) == sorted([f"loss/{a}-{b}" for a, b in pairs] + [f"mi/{a}-{b}" for a, b in pairs])
+    assert loss.item() == pytest.approx(sum(stats[f"loss/{a}-{b}"] for a, b in pairs), rel=1e-5)
+    assert all(isinstance(v, float) and math.isfinite(v) for v in stats.values())
+
+
+def test_memory_bank_update_gathers_and_in_batch_has_no_banks():
+    obj = CMCObjective(views=["a", "b"], graph="full", negatives="in_batch")
+    assert len(obj.state_dict()) == 0
+    obj.update({"a": unit(2, 128), "b": unit(2, 128)}, torch.tensor([0, 1]))  # a no-op
+    obj = CMCObjective(views=["a", "b"], graph="full", n_data=10, dim=3, K=4, momentum=0.0)
+    z = {"a": unit(2, 3, seed=1), "b": unit(2, 3, seed=2)}
+    obj.update(z, torch.tensor([7, 2]))
+    assert torch.allclose(obj.banks.a[[7, 2]], z["a"]) and torch.allclose(obj.banks.b[[7, 2]], z["b"])
+
+
+def test_banks_are_unit_vectors_and_the_same_for_the_same_seed():
+    kw = dict(views=["a", "b"], graph="full", n_data=50, dim=8, K=4)
+    one, two = CMCObjective(**kw), CMCObjective(**kw)
+    assert torch.equal(one.banks.a, two.banks.a) and not torch.equal(one.banks.a, one.banks.b)
+    assert torch.allclose(one.banks.a.norm(dim=1), torch.ones(50))
+    assert not torch.equal(one.banks.a, CMCObjective(**kw, seed=1).banks.a)
+
+
+def test_state_dict_round_trip_keeps_banks_and_z():
+    kw = dict(views=["a", "b", "c"], graph="full", score="nce", n_data=20, dim=4, K=6)
+    obj = CMCObjective(**kw)
+    index = torch.tensor([3, 4])
+    z = {v: unit(2, 4, seed=i) for i, v in enumerate("abc")}
+    obj(z, index, torch.Generator().manual_seed(0))
+    obj.update(z, index)
+    state = obj.state_dict()
+    assert set(state) == {"banks.a", "banks.b", "banks.c", "log_z"}
+    assert state["log_z"].shape == (3, 2) and torch.isfinite(state["log_z"]).all()
+    other = CMCObjective(**kw, seed=99)
+    other.load_state_dict(state)
+    for key, value in obj.state_dict().items():
+        assert torch.equal(other.state_dict()[key], value)
+    obj.eval(), other.eval()
+    a, _ = obj(z, index, torch.Generator().manual_seed(1))
+    b, _ = other(z, index, torch.Generator().manual_seed(1))
+    assert a.item() == b.item()
+
+
+def test_eval_does_not_move_z():
+    obj = CMCObjective(views=["a", "b"], graph="full", score="nce", n_data=20, dim=4, K=6)
+    index, z = torch.tensor([3, 4]), {"a": unit(2, 4, seed=1), "b": unit(2, 4, seed=2)}
+    obj.eval()
+    loss, _ = obj(z, index)
+    assert math.isfinite(loss.item()) and torch.isneginf(obj.log_z).all()
+
+
+@pytest.mark.parametrize(
+    ("negatives", "score"), [("in_batch", "softmax"), ("memory_bank", "softmax"), ("memory_bank", "nce")]
+)
+def test_loss_falls_under_optimisation(negatives, score):
+    torch.manual_seed(0)
+    n_data, D, B = 32, 16, 16
+    obj = CMCObjective(
+        views=["a", "b", "c"], graph="full", negatives=negatives, score=score, n_data=n_data, dim=D, K=16, tau=0.2
+    )
+    params = {v: torch.nn.Parameter(torch.randn(n_data, D)) for v in obj.views}
+    opt = torch.optim.Adam(params.values(), lr=0.05)
+    gen = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(300):
+        index = torch.randperm(n_data, generator=gen)[:B]
+        z = {v: F.normalize(p[index], dim=1) for v, p in params.items()}
+        loss, stats = obj(z, index, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        obj.update(z, index)
+        losses.append(loss.item())
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.5 * first
+    assert stats["mi/a-b"] > 0
+
+
+def test_objective_rejects_bad_settings():
+    with pytest.raises(UserError, match="negatives"):
+        CMCObjective(views=["a", "b"], graph="full", negatives="queue!", n_data=10)
+    with pytest.raises(UserError, match="score"):
+        CMCObjective(views=["a", "b"], graph="full", score="hinge", n_data=10)
+    with pytest.raises(UserError, match="memory_bank"):
+        CMCObjective(views=["a", "b"], graph="full", negatives="in_batch", score="nce")
+    with pytest.raises(UserError, match="n_data"):
+        CMCObjective(views=["a", "b"], graph="full", n_data=0)
+    obj = CMCObjective(views=["a", "b"], graph="full", n_data=10, dim=4, K=3)
+    with pytest.raises(KeyError, match="b"):
+        obj({"a": unit(2, 4)}, torch.tensor([0, 1]))
+
+
+def test_scores_in_float32_under_autocast():
+    obj = CMCObjective(views=["a", "b"], graph="full", n_data=10, dim=4, K=3)
+    z = {"a": unit(2, 4, seed=1), "b": unit(2, 4, seed=2)}
+    index, expected = torch.tensor([0, 1]), obj(z, torch.tensor([0, 1]), torch.Generator().manual_seed(0))[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = obj({v: t.bfloat16() for v, t in z.items()}, index, torch.Generator().manual_seed(0))
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("score", ["softmax", "nce"])
+def test_cuda_under_bf16_autocast_matches_cpu(score):
+    kw = dict(views=["a", "b", "c"], graph="full", score=score, n_data=50, dim=8, K=16)
+    cpu, gpu = CMCObjective(**kw), CMCObjective(**kw).to("cuda")
+    index = torch.tensor([0, 7, 49, 3])
+    for step in range(2):
+        z = {v: unit(4, 8, seed=10 * step + i) for i, v in enumerate("abc")}
+        zg = {v: t.to("cuda") for v, t in z.items()}
+        loss_cpu, _ = cpu(z, index, torch.Generator().manual_seed(step))  # the same CPU generator on both
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss_gpu, _ = gpu(zg, index.to("cuda"), torch.Generator().manual_seed(step))
+        assert loss_gpu.device.type == "cuda" and loss_gpu.item() == pytest.approx(loss_cpu.item(), rel=1e-3)
+        cpu.update(z, index)
+        gpu.update(zg, index.to("cuda"))
+    for key, value in cpu.state_dict().items():
+        assert torch.allclose(gpu.state_dict()[key].cpu(), value, atol=1e-4), key
+    loss, _ = gpu(zg, index.to("cuda"), torch.Generator(device="cuda").manual_seed(0))  # a CUDA generator
+    assert math.isfinite(loss.item())
+
+
+# --- distributed helpers without a process group ------------------------------------------------
+
+
+def test_distributed_helpers_are_no_ops_without_a_group():
+    x = torch.arange(6.0).reshape(3, 2)
+    assert not distributed.is_dist()
+    assert distributed.rank() == 0 and distributed.world_size() == 1 and distributed.is_main()
+    assert distributed.all_gather_cat(x) is x
+    assert distributed.all_reduce_mean(x) is x
+    distributed.barrier()
+    distributed.cleanup()
+    distributed.init_from_env("cpu")  # no torchrun environment here: stays single-process
+    assert not distributed.is_dist()
+
+
+# --- the predictive baseline --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("out_shape", [(2, 8, 32, 32), (3, 5, 28, 36), (1, 1, 7, 9)])
+def test_predictive_decoder_gives_the_exact_target_shape(out_shape):
+    dec = PredictiveDecoder(in_features=24, out_shape=out_shape, width=8)
+    pred = dec(torch.randn(2, 24))
+    assert pred.shape == (2, *out_shape)
+    target = torch.randn_like(pred)
+    loss = predictive_loss(pred, target, "l2")
+    loss.backward()
+    assert all(p.grad is not None for p in dec.parameters())
+    assert loss.item() == pytest.approx(((pred - target) ** 2).mean().item(), rel=1e-5)
+    assert predictive_loss(pred, target, "l1").item() == pytest.approx((pred - target).abs().mean().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="shape"):
+        predictive_loss(pred, target[:1], "l1")
+
+
+# --- two ranks over gloo ------------------------------------------------------------------------
+
+
+def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    distributed.init_from_env("cpu")
+    try:
+        gathered = distributed.all_gather_cat(torch.full((rank + 1, 2), float(rank)))  # 1 row, then 2 rows
+        mean = distributed.all_reduce_mean(torch.tensor([float(rank)]))
+        obj = CMCObjective(views=["a", "b"], graph="full", score="nce", n_data=20, dim=4, K=5)
+        index = torch.tensor([2 * rank, 2 * rank + 1])  # each rank its own clips
+        z = {"a": unit(2, 4, seed=rank), "b": unit(2, 4, seed=10 + rank)}
+        obj(z, index, torch.Generator().manual_seed(rank))
+        obj.update(z, index)
+        torch.save({"gathered": gathered, "mean": mean, "state": obj.state_dict()}, f"{out_dir}/{rank}.pt")
+    finally:
+        distributed.cleanup()
+
+
+def test_two_ranks_agree_on_banks_and_z(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_two_rank_worker, args=(port, str(tmp_path)), nprocs=2)
+    r0, r1 = torch.load(tmp_path / "0.pt"), torch.load(tmp_path / "1.pt")
+    assert r0["gathered"].tolist() == r1["gathered"].tolist() == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
+    assert r0["mean"].item() == r1["mean"].item() == 0.5
+    for key in r0["state"]:
+        assert torch.equal(r0["state"][key], r1["state"][key]), key
+    # both ranks applied both ranks' embeddings to their banks
+    expected = CMCObjective(views=["a", "b"], graph="full", n_data=20, dim=4, K=5).banks.a.clone()
+    update_bank(expected, torch.arange(4), torch.cat([unit(2, 4, seed=0), unit(2, 4, seed=1)]), 0.5)
+    assert torch.allclose(r0["state"]["banks.a"], expected)

@@ -1,0 +1,120 @@
+"""Short CPU training runs on the tiny synthetic dataset: outputs, learning, NaN, resume, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SYNTHETIC, tiny
+from mvcoding.config import load_config
+from mvcoding.errors import UserError
+from mvcoding.train import train
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def metrics(run: Path) -> dict[int, dict]:
+    """The last logged record of each step (a resumed run may log a step twice)."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in rows}
+
+
+def test_short_run_writes_the_run_directory(synthetic_root, tmp_path):
+    run = tmp_path / "run"
+    cfg = load_config(SYNTHETIC, tiny(synthetic_root, **{"run.dir": run, "train.max_steps": 4}))
+    assert train(cfg) == run
+    rows = metrics(run)
+    assert sorted(rows) == [1, 2, 3, 4]
+    for key in ("loss", "loss/rgb-flow", "mi/rgb-flow", "lr", "clips_per_s", "data_wait"):
+        assert key in rows[4], key
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows.values())
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["step"] == 4 and set(ckpt["views"]) == {"rgb", "flow"}
+    assert (run / "config.yaml").is_file() and (run / "training.png").stat().st_size > 1000
+    assert load_config(run / "config.yaml").train.max_steps == 4  # the resolved config loads back
+
+
+@pytest.mark.parametrize("negatives", ["in_batch", "memory_bank"])
+def test_loss_falls(synthetic_root, tmp_path, negatives):
+    run = tmp_path / negatives
+    over = {"run.dir": run, "train.max_steps": 30, "objective.negatives": negatives, "train.batch_size": 8,
+            "optim.lr": 3e-3, "optim.schedule": "constant", "optim.warmup_steps": 0, "objective.K": 16,
+            "data.workers": 1}  # fmt: skip
+    train(load_config(SYNTHETIC, tiny(synthetic_root, **over)))
+    losses = [r["loss"] for _, r in sorted(metrics(run).items())]
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 0.1, (first, last)
+
+
+def test_non_finite_loss_stops_with_a_clear_message(synthetic_root, tmp_path):
+    run = tmp_path / "nan"
+    cfg = load_config(SYNTHETIC, tiny(synthetic_root, **{"run.dir": run, "objective.tau": 1e-40}))
+    with pytest.raises(UserError, match=r"at step 0 \(pair rgb-flow\).*last good state"):
+        train(cfg)
+    assert (run / "checkpoints" / "last.pt").is_file()
+
+
+def test_missing_flow_cache_names_the_fill_command(synthetic_root, tmp_path):
+    over = {"run.dir": tmp_path / "r", "cache.dir": tmp_path / "empty-cache"}
+    with pytest.raises(UserError, match="precompute_flow.py"):
+        train(load_config(SYNTHETIC, tiny(synthetic_root, **over)))
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(synthetic_root, tmp_path):
+    over = {"train.max_steps": 14, "train.save_every": 1, "train.epochs": 100, "data.workers": 1}
+    reference = tmp_path / "reference"
+    train(load_config(SYNTHETIC, tiny(synthetic_root, **over, **{"run.dir": reference})))
+
+    run = tmp_path / "killed"
+    args = tiny(synthetic_root, **over, **{"run.dir": run})
+    proc = subprocess.Popen([sys.executable, "-m", "mvcoding", "train", SYNTHETIC, *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        log = run / "metrics.jsonl"
+        if log.is_file() and len(log.read_text().splitlines()) >= 8:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)  # mid-epoch: 24 videos / batch 4 = 6 steps per epoch
+    proc.wait()
+    killed_at = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    assert 0 < killed_at["step"] < 14 and killed_at["batch_in_epoch"] > 0
+
+    train(load_config(SYNTHETIC, args + ["resume=auto"]))
+    ours, ref = metrics(run), metrics(reference)
+    assert sorted(ours) == sorted(ref) == list(range(1, 15))
+    for step in ref:
+        assert ours[step]["loss"] == pytest.approx(ref[step]["loss"], rel=1e-5, abs=1e-6), step
+
+
+def test_torchrun_two_processes_match_one_process(synthetic_root, tmp_path):
+    over = {"train.max_steps": 5, "views.rgb.encoder": "small3d_gn", "views.flow.encoder": "small3d_gn",
+            "data.workers": 0, "device": "cpu"}  # fmt: skip
+    single = tmp_path / "single"
+    train(load_config(SYNTHETIC, tiny(synthetic_root, **over, **{"run.dir": single, "train.batch_size": 4})))
+
+    double = tmp_path / "double"
+    args = tiny(synthetic_root, **over, **{"run.dir": double, "train.batch_size": 2})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "mvcoding", "train", SYNTHETIC, *args]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ours, ref = metrics(double), metrics(single)
+    assert sorted(ours) == sorted(ref) == [1, 2, 3, 4, 5]
+    for step in ref:
+        assert ours[step]["loss"] == pytest.approx(ref[step]["loss"], rel=1e-4, abs=1e-5), step
+        assert ours[step]["bank_max_diff"] == 0.0  # every rank holds the same memory banks
+    a = torch.load(single / "checkpoints" / "last.pt", weights_only=False)["objective"]
+    b = torch.load(double / "checkpoints" / "last.pt", weights_only=False)["objective"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)

@@ -1,0 +1,347 @@
+"""Transfer evaluation: the metric functions on hand-made tensors, multi-crop sampling, and end-to-end
+linear / finetune / retrieval / fuse runs on a tiny list-file dataset with a checkpoint built here.
+
+The end-to-end metrics are recomputed from the files the runs save (features.pt, classifier.pt,
+probs.pt) with plain code, so a wrong aggregation or a report that disagrees with its data fails.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from mvcoding import transfer
+from mvcoding.config import CONFIG_DIR, load_config
+from mvcoding.errors import UserError
+from mvcoding.model import MultiViewModel, build_views
+from mvcoding.registry import Aug
+from mvcoding.reports import sha256_file
+from mvcoding.transfer import (
+    EvalClips,
+    confusion_matrix,
+    crop_boxes,
+    recall_at_k,
+    topk_accuracy,
+    video_scores,
+)
+from mvcoding.transforms import crop_box
+from mvcoding.video import write_video
+
+CLASSES = ["red", "green", "blue"]
+TRAIN_PER_CLASS, TEST_PER_CLASS, FRAMES, HEIGHT, WIDTH = 4, 2, 12, 32, 56  # decord misreads 32x48 MJPG
+
+
+# ----------------------------------------------------------------------------- metric functions
+def test_topk_accuracy_by_hand():
+    scores = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5], [0.4, 0.35, 0.25]])
+    labels = torch.tensor([1, 1, 0, 2])
+    assert topk_accuracy(scores, labels, 1) == pytest.approx(1 / 4)  # only row 0
+    assert topk_accuracy(scores, labels, 2) == pytest.approx(2 / 4)  # + row 1 (0.3 is 2nd)
+    assert topk_accuracy(scores, labels, 3) == 1.0
+    assert topk_accuracy(scores, labels, 10) == 1.0  # k capped at C
+
+
+def test_video_scores_average_the_clips_of_each_video():
+    clip = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.2, 0.8], [0.6, 0.4], [0.9, 0.1]])
+    video = torch.tensor([0, 0, 1, 1, 1])
+    expected = torch.tensor([[0.5, 0.5], [(0.2 + 0.6 + 0.9) / 3, (0.8 + 0.4 + 0.1) / 3]])
+    assert torch.allclose(video_scores(clip, video), expected)
+    # rows come out in sorted video order whatever the clip order
+    perm = torch.tensor([4, 1, 3, 0, 2])
+    assert torch.allclose(video_scores(clip[perm], video[perm]), expected)
+
+
+def test_recall_at_k_by_hand():
+    gallery = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.7, 0.7]])
+    g_labels = torch.tensor([0, 1, 2, 1])
+    query = torch.tensor([[2.0, 0.1], [0.1, -1.0]])
+    q_labels = torch.tensor([1, 1])
+    r = recall_at_k(query, gallery, q_labels, g_labels, [1, 2, 3, 10])
+    # by cosine, query 0's neighbours are gallery 0, 3, 1, 2 (labels 0, 1, 1, 2): first hit at rank 2;
+    # query 1's are 0, 2, 3, 1 (labels 0, 2, 1, 1): first hit at rank 3; k=10 > G counts the whole gallery
+    assert r == {1: 0.0, 2: 0.5, 3: 1.0, 10: 1.0}
+
+
+def test_recall_at_k_matches_a_plain_loop():
+    g = torch.Generator().manual_seed(0)
+    query, gallery = torch.randn(20, 8, generator=g), torch.randn(30, 8, generator=g)
+    q_labels, g_labels = torch.randint(0, 4, (20,), generator=g), torch.randint(0, 4, (30,), generator=g)
+    ks = [1, 3, 5, 30, 50]
+    r = recall_at_k(query, gallery, q_labels, g_labels, ks)
+    for k in ks:
+        hits = 0
+        for i in range(len(query)):
+            sims = [float(query[i] @ gallery[j] / (query[i].norm() * gallery[j].norm())) for j in range(len(gallery))]
+            order = sorted(range(len(gallery)), key=lambda j: -sims[j])[:k]
+            hits += any(int(g_labels[j]) == int(q_labels[i]) for j in order)
+        assert r[k] == pytest.approx(hits / len(query)), k
+
+
+def test_confusion_matrix_counts():
+    cm = confusion_matrix(torch.tensor([0, 1, 1, 2, 0]), torch.tensor([0, 1, 2, 2, 2]), 3)
+    assert cm.tolist() == [[1, 0, 0], [0, 1, 0], [1, 1, 1]]
+
+
+@pytest.mark.parametrize("height, width", [(32, 48), (48, 32), (30, 30)])
+def test_three_crops_are_squares_along_the_long_side(height, width):
+    assert crop_boxes(height, width, 1) == [None]
+    boxes = [crop_box(height, width, c) for c in crop_boxes(height, width, 3)]
+    s = min(height, width)
+    assert all(h == s and w == s for _, _, h, w in boxes)
+    starts = [x0 for _, x0, _, _ in boxes] if width >= height else [y0 for y0, _, _, _ in boxes]
+    assert starts == [0, (max(height, width) - s) // 2, max(height, width) - s]
+    with pytest.raises(UserError, match="eval.crops"):
+        crop_boxes(height, width, 2)
+
+
+# ----------------------------------------------------------------------------- a tiny dataset and checkpoint
+def _video(label: int, rng: np.random.Generator) -> np.ndarray:
+    """(T, H, W, 3): a noisy background tinted by the class colour and a white square moving right."""
+    colour = np.eye(3)[label] * 150 + 50
+    frames = rng.normal(0, 25, (FRAMES, HEIGHT, WIDTH, 3)) + colour
+    y, x = rng.integers(0, HEIGHT - 8), rng.integers(0, WIDTH - 20)
+    for t in range(FRAMES):
+        frames[t, y : y + 8, x + t : x + t + 8] = 255
+    return frames.clip(0, 255).astype(np.uint8)
+
+
+class Tiny:
+    def __init__(self, base: Path):
+        rng = np.random.default_rng(0)
+        self.root = base / "data"
+        lines = {"train": [], "test": []}
+        for label, name in enumerate(CLASSES):
+            for i in range(TRAIN_PER_CLASS + TEST_PER_CLASS):
+                rel = f"videos/{name}/v{i}.avi"
+                write_video(self.root / rel, _video(label, rng))
+                lines["train" if i < TRAIN_PER_CLASS else "test"].append(f"{rel} {label}")
+        for split, rows in lines.items():
+            (self.root / f"{split}.txt").write_text("\n".join(rows) + "\n")
+        (self.root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+        # Hydra composes the config's folder: a copy of configs/ plus our experiment file
+        self.configs = base / "configs"
+        shutil.copytree(CONFIG_DIR, self.configs)
+        self.config = self.configs / "tiny_eval.yaml"
+        self.config.write_text(
+            "defaults: [base, {dataset: listfile}, {eval: default}, _self_]\n"
+            "name: tiny\ndevice: cpu\n"
+            f"dataset: {{root: {self.root}, train_list: train.txt, test_list: test.txt, classes: classes.txt}}\n"
+            "data: {frames: 4, stride: 2, size: 32, workers: 0}\n"
+            "views: {rgb: {encoder: small3d}, flow: {encoder: small3d}}\n"
+            "eval: {views: [rgb], clips: 2, crops: 3, train_clips: 2, batch_size: 8,\n"
+            "       linear: {epochs: 60, lr: 0.1, batch_size: null},\n"
+            "       finetune: {epochs: 1, lr: 0.05, batch_size: 4}, retrieval: {ks: [1, 2, 5]}}\n"
+        )
+        cfg = self.cfg()
+        torch.manual_seed(123)
+        model = MultiViewModel(build_views(cfg, ["rgb"]), 16)
+        self.checkpoint = base / "pretrain" / "checkpoints" / "last.pt"
+        self.checkpoint.parent.mkdir(parents=True)
+        self.state = model.state_dict()
+        config = OmegaConf.to_container(cfg, resolve=True)
+        torch.save({"model": self.state, "config": config, "views": ["rgb"], "step": 0}, self.checkpoint)
+
+    def cfg(self, **over):
+        return load_config(self.config, [f"{k}={v}" for k, v in over.items()])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return Tiny(tmp_path_factory.mktemp("transfer"))
+
+
+@pytest.fixture(scope="module")
+def linear_run(tiny):
+    out = tiny.root.parent / "linear"
+    assert transfer.evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **{"run.dir": out})) == out
+    return out
+
+
+@pytest.fixture(scope="module")
+def random_run(tiny):
+    out = tiny.root.parent / "random"
+    metrics = transfer.linear_probe(tiny.cfg(), None, out, random_init=True)
+    assert metrics == json.loads((out / "results.json").read_text())["metrics"]
+    return out
+
+
+# ----------------------------------------------------------------------------- data and weights
+def test_eval_clips_give_every_clip_in_three_crops(tiny):
+    cfg = tiny.cfg()
+    s = transfer.prepare(cfg, tiny.checkpoint, random_init=False)
+    data = EvalClips(s.index.test, s.views, s.lengths, frames=4, stride=2, clips=2, crops=3)
+    assert len(data) == 2 * len(s.index.test)
+    item = data[3]  # clip 1 of video 1
+    assert item["video"] == 1 and item["clip"] == 1 and item["label"] == s.index.test[1].label
+    x = item["rgb"]
+    assert x.shape == (3, 3, 4, 32, 32)
+    assert not torch.allclose(x[0], x[2])  # left and right crops differ
+    view = s.views["rgb"]
+    clip = data.base.clip(3, np.random.default_rng(0))
+    assert clip.start == FRAMES - 7  # the last window of a 2-clip spread
+    raw = view.decode(clip)
+    left = view.transform(raw, Aug(train=False, crop=(0.0, 0.0, 1.0, HEIGHT / WIDTH)))
+    assert torch.allclose(x[0], left)
+
+
+def test_encoder_weights_come_from_the_checkpoint(tiny):
+    cfg = tiny.cfg()
+    views = build_views(cfg, ["rgb"])
+    enc = transfer.load_encoders(views, tiny.checkpoint)["rgb"]
+    for k, v in enc.state_dict().items():
+        assert torch.equal(v, tiny.state[f"encoders.rgb.{k}"]), k
+    random = transfer.load_encoders(views, None)["rgb"]
+    assert not torch.equal(random.state_dict()["features.0.weight"], tiny.state["encoders.rgb.features.0.weight"])
+
+
+def test_checkpoint_errors(tiny, tmp_path):
+    with pytest.raises(UserError, match="no checkpoint given"):
+        transfer.evaluate("linear", tiny.cfg(**{"run.dir": tmp_path / "a"}))
+    with pytest.raises(UserError, match="no checkpoint there"):
+        transfer.evaluate("linear", tiny.cfg(checkpoint=tmp_path / "missing.pt", **{"run.dir": tmp_path / "b"}))
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        transfer.evaluate("linear", tiny.cfg(checkpoint=tmp_path / "bad.pt", **{"run.dir": tmp_path / "c"}))
+    with pytest.raises(UserError, match="does not fit views.rgb"):
+        cfg = tiny.cfg(checkpoint=tiny.checkpoint, **{"views.rgb.encoder": "mc3_18", "run.dir": tmp_path / "d"})
+        transfer.evaluate("retrieval", cfg)
+    with pytest.raises(UserError, match="must name views of the config"):
+        transfer.evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **{"eval.views": "[depth]"}))
+    with pytest.raises(UserError, match="unknown eval task"):
+        transfer.evaluate("knn", tiny.cfg())
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_linear_results_agree_with_the_saved_features(tiny, linear_run):
+    results = json.loads((linear_run / "results.json").read_text())
+    assert {"task", "metrics", "level", "checkpoint", "checkpoint_sha256", "split", "dataset", "protocol",
+            "num_train", "num_test"} <= set(results)  # fmt: skip
+    assert results["task"] == "linear" and results["split"] == 1 and results["dataset"] == "listfile"
+    assert results["checkpoint"] == str(tiny.checkpoint)
+    assert results["checkpoint_sha256"] == sha256_file(tiny.checkpoint)
+    assert results["level"]["video_top1"].startswith("video") and results["level"]["clip_top1"].startswith("clip")
+    assert results["protocol"]["clips"] == 2 and results["protocol"]["crops"] == 3
+    assert results["num_train"] == 12 and results["num_test"] == 6
+    for f in ("config.yaml", "summary.md", "confusion.png", "metrics.jsonl"):
+        assert (linear_run / f).stat().st_size > 0, f
+    assert "video_top1" in (linear_run / "summary.md").read_text()
+
+    feats = torch.load(linear_run / "features.pt", weights_only=False)
+    assert feats["train"]["x"].shape == (12 * 2, 3, 256) and feats["test"]["x"].shape == (6 * 2, 3, 256)
+    clf = torch.load(linear_run / "classifier.pt", weights_only=False)
+    saved = torch.load(linear_run / "probs.pt", weights_only=False)
+    # clip probabilities: the classifier on standardised features, softmax, mean over the 3 crops
+    z = (feats["test"]["x"] - clf["mean"]) / clf["std"]
+    clip_probs = (z @ clf["weight"].T + clf["bias"]).softmax(-1).mean(1)
+    assert torch.allclose(clip_probs, saved["clip_probs"], atol=1e-5)
+    # video probabilities: the mean of each video's 2 clips, by hand
+    video_probs = torch.stack([clip_probs[2 * v : 2 * v + 2].mean(0) for v in range(6)])
+    assert torch.allclose(video_probs, saved["probs"], atol=1e-6)
+    labels = torch.tensor([CLASSES.index(Path(i).parent.name) for i in saved["video_ids"]])
+    assert torch.equal(saved["labels"], labels)
+    video_top1 = sum(int(video_probs[v].argmax() == labels[v]) for v in range(6)) / 6
+    clip_top1 = sum(int(clip_probs[i].argmax() == labels[i // 2]) for i in range(12)) / 12
+    assert results["metrics"]["video_top1"] == pytest.approx(video_top1, abs=1e-6)
+    assert results["metrics"]["clip_top1"] == pytest.approx(clip_top1, abs=1e-6)
+    # the classes differ by colour: even this encoder separates them
+    assert results["metrics"]["video_top1"] >= 2 / 3
+
+
+def test_features_are_reused_for_the_same_run_dir(tiny, linear_run, monkeypatch):
+    before = json.loads((linear_run / "results.json").read_text())["metrics"]
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("features were extracted again")
+
+    monkeypatch.setattr(transfer, "run_clips", no_extraction)
+    transfer.evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **{"run.dir": linear_run}))
+    assert json.loads((linear_run / "results.json").read_text())["metrics"] == before
+    with pytest.raises(AssertionError, match="extracted again"):  # other clip sampling -> new features
+        transfer.evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **{"run.dir": linear_run, "eval.clips": 3}))
+
+
+def test_random_init_is_a_different_encoder(random_run, linear_run):
+    results = json.loads((random_run / "results.json").read_text())
+    assert results["checkpoint"] is None and results["protocol"]["random_init"] is True
+    a = torch.load(random_run / "features.pt", weights_only=False)["test"]["x"]
+    b = torch.load(linear_run / "features.pt", weights_only=False)["test"]["x"]
+    assert a.shape == b.shape and not torch.allclose(a, b)
+
+
+def test_retrieval_recall_agrees_with_a_plain_loop(tiny, tmp_path):
+    out = tmp_path / "retrieval"
+    transfer.evaluate("retrieval", tiny.cfg(checkpoint=tiny.checkpoint, **{"run.dir": out}))
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "retrieval" and results["level"]["recall@1"].startswith("video")
+    assert (out / "retrieval.png").stat().st_size > 5000 and (out / "summary.md").is_file()
+    feats = torch.load(out / "features.pt", weights_only=False)
+    q = feats["test"]["x"].mean(1).view(6, 2, -1).mean(1)  # crops, then the 2 clips of each video
+    g = feats["train"]["x"].mean(1).view(12, 2, -1).mean(1)
+    ql, gl = torch.arange(3).repeat_interleave(2), torch.arange(3).repeat_interleave(4)
+    sim = torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(g, dim=1).T
+    for k in (1, 2, 5):
+        hits = sum(any(gl[j] == ql[i] for j in sim[i].argsort(descending=True)[:k]) for i in range(6))
+        assert results["metrics"][f"recall@{k}"] == pytest.approx(hits / 6, abs=1e-6), k
+    assert results["metrics"]["video_top1"] == results["metrics"]["recall@1"]
+
+
+@pytest.mark.parametrize("mult", [0.0, 1.0])
+def test_finetune_trains_the_backbone_at_its_own_rate(tiny, tmp_path, mult):
+    out = tmp_path / f"finetune{mult}"
+    over = {"run.dir": out, "eval.finetune.backbone_lr_mult": mult, "eval.crops": 1}
+    transfer.evaluate("finetune", tiny.cfg(checkpoint=tiny.checkpoint, **over))
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "finetune" and results["protocol"]["views"] == ["rgb"]
+    saved = torch.load(out / "probs.pt", weights_only=False)
+    assert saved["clip_probs"].shape == (12, 3) and torch.allclose(saved["clip_probs"].sum(1), torch.ones(12))
+    video_probs = saved["clip_probs"].view(6, 2, 3).mean(1)
+    assert torch.allclose(video_probs, saved["probs"], atol=1e-6)
+    assert results["metrics"]["video_top1"] == pytest.approx(topk_accuracy(video_probs, saved["labels"]), abs=1e-6)
+    tuned = torch.load(out / "finetuned.pt", weights_only=False)
+    before, after = tiny.state["encoders.rgb.features.0.weight"], tuned["encoder"]["features.0.weight"]
+    assert torch.equal(before, after) == (mult == 0.0)
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1  # one line per epoch
+
+
+def test_fuse_averages_the_two_streams(tiny, linear_run, random_run, tmp_path):
+    out = transfer.fuse(linear_run / "results.json", random_run, out=tmp_path / "fused")
+    results = json.loads((out / "results.json").read_text())
+    a = torch.load(linear_run / "probs.pt", weights_only=False)
+    b = torch.load(random_run / "probs.pt", weights_only=False)
+    fused = (a["probs"] + b["probs"]) / 2
+    top1 = sum(int(fused[v].argmax() == a["labels"][v]) for v in range(len(fused))) / len(fused)
+    assert results["task"] == "fuse" and results["metrics"]["video_top1"] == pytest.approx(top1, abs=1e-6)
+    assert results["split"] == 1 and results["checkpoint"] == [str(tiny.checkpoint), None]
+    assert "clip_top1" in results["metrics"]  # same clips in both streams
+    assert (out / "confusion.png").is_file() and (out / "summary.md").is_file()
+    assert torch.allclose(torch.load(out / "probs.pt", weights_only=False)["probs"], fused)
+
+    other = tmp_path / "other"
+    shutil.copytree(random_run, other)
+    saved = torch.load(other / "probs.pt", weights_only=False)
+    torch.save(saved | {"video_ids": saved["video_ids"][::-1]}, other / "probs.pt")
+    with pytest.raises(UserError, match="different test videos"):
+        transfer.fuse(linear_run / "results.json", other / "results.json", out=tmp_path / "x")
+    torch.save(saved | {"split": 2}, other / "probs.pt")
+    with pytest.raises(UserError, match="split"):
+        transfer.fuse(linear_run, other, out=tmp_path / "x")
+    with pytest.raises(UserError, match="no results.json"):
+        transfer.fuse(linear_run, tmp_path / "nowhere", out=tmp_path / "x")
+
+
+def test_cli_eval_runs_and_reports_user_errors(tiny, tmp_path, capsys):
+    from mvcoding.cli import main
+
+    out = tmp_path / "cli"
+    args = [f"checkpoint={tiny.checkpoint}", f"run.dir={out}", "eval.crops=1", "eval.linear.epochs=5"]
+    assert main(["eval", "linear", str(tiny.config), *args]) == 0
+    assert json.loads((out / "results.json").read_text())["task"] == "linear"
+    assert main(["eval", "linear", str(tiny.config), f"checkpoint={tmp_path / 'none.pt'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: checkpoint=") and "Traceback" not in "\n".join(err)

@@ -1,0 +1,64 @@
+"""Optical flow read from the HDF5 cache filled by tools/precompute_flow.py: the `flow` view."""
+
+from __future__ import annotations
+
+import torch
+
+from mvcoding.cache import CacheReader, cache_settings, dequantize
+from mvcoding.encoders import build_encoder
+from mvcoding.registry import Aug, Clip, View, ViewContext, register_view
+from mvcoding.transforms import crop_box, crop_resize
+
+
+def read_cached(reader: CacheReader, clip: Clip, offset: int = 0) -> torch.Tensor:
+    """The clip's cached frames (C, T, H, W) uint8: one contiguous slice, then the stride."""
+    start = min(clip.start + offset, clip.video_frames - 1)
+    stop = min(start + (clip.num_frames - 1) * clip.stride + 1, clip.video_frames)
+    x = reader.read(clip.video_id, start, stop, clip.stride)  # (T', C, H, W)
+    if x.shape[0] < clip.num_frames:  # the offset ran past the end: repeat the last frame
+        x = torch.cat([torch.from_numpy(x), torch.from_numpy(x[-1:]).expand(clip.num_frames - x.shape[0], -1, -1, -1)])
+    return torch.as_tensor(x).permute(1, 0, 2, 3)
+
+
+def fill_command(modality: str) -> str:
+    return f"python tools/precompute_{modality}.py CONFIG.yaml dataset.root=... (the same config and overrides)"
+
+
+@register_view("flow")
+def flow(
+    *,
+    ctx: ViewContext,
+    encoder: str = "small3d",
+    size: int | None = None,
+    algorithm: str = "dis",
+    resolution: list[int] | None = None,
+    bound: float = 20.0,
+    offset: int = 0,
+) -> View:
+    """Optical flow (x, y) between frames t and t+1 at every clip frame t, from the cache of
+    (algorithm, resolution); values clipped to +-bound pixels, fed to the encoder as flow / bound."""
+    size = size or ctx.size
+    settings = {"algorithm": algorithm, "resolution": resolution, "bound": bound}
+    path, provenance = cache_settings(
+        cache_dir=ctx.cache_dir, dataset=ctx.dataset, modality="flow", settings=settings, root=ctx.root
+    )
+    reader = CacheReader(path, expect=provenance)
+
+    def transform(x: torch.Tensor, aug: Aug) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        x = torch.as_tensor(dequantize(x.numpy(), bound)) / bound  # (2, T, H, W) in [-1, 1]
+        _, _, bh, bw = crop_box(h, w, aug.crop)
+        x = crop_resize(x, aug.crop, size)
+        x = x * torch.tensor([size / bw, size / bh]).view(2, 1, 1, 1)  # resizing stretches displacements too
+        if aug.flip:
+            x = x.flip(-1) * torch.tensor([-1.0, 1.0]).view(2, 1, 1, 1)
+        return x
+
+    return View(
+        name="flow",
+        channels=2,
+        decode=lambda clip: read_cached(reader, clip, offset),
+        transform=transform,
+        build_encoder=lambda: build_encoder(encoder, in_channels=2),
+        check=lambda records: reader.check([r.video_id for r in records], fill_command("flow")),
+    )

@@ -1,0 +1,57 @@
+"""The paper's split of a colour image into lightness and colour: the `lab_l` and `lab_ab` views.
+
+Both decode the same RGB frames as the `rgb` view and convert the whole clip to CIE Lab in one
+batched tensor expression (mvcoding.transforms.rgb_to_lab).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mvcoding.encoders import build_encoder
+from mvcoding.registry import Aug, View, ViewContext, register_view
+from mvcoding.transforms import crop_resize, rgb_to_lab
+from mvcoding.views.rgb import decode_rgb
+
+# Lab channel statistics used to bring each channel to roughly zero mean, unit scale
+L_CENTER, L_SCALE, AB_SCALE = 50.0, 50.0, 110.0
+
+
+def lab_view(name: str, channels: slice, *, ctx: ViewContext, encoder: str, size, resolution, offset) -> View:
+    size = size or ctx.size
+    n = channels.stop - channels.start
+
+    def transform(x: torch.Tensor, aug: Aug) -> torch.Tensor:
+        x = crop_resize(x.float() / 255, aug.crop, size)
+        if aug.flip:
+            x = x.flip(-1)
+        lab = rgb_to_lab(x.clamp(0, 1))[channels]  # (n, T, size, size)
+        if name == "lab_l":
+            return (lab - L_CENTER) / L_SCALE
+        return lab / AB_SCALE
+
+    return View(
+        name=name,
+        channels=n,
+        decode=lambda clip: decode_rgb(clip, offset=offset, resolution=resolution),
+        transform=transform,
+        build_encoder=lambda: build_encoder(encoder, in_channels=n),
+    )
+
+
+@register_view("lab_l")
+def lab_l(
+    *, ctx: ViewContext, encoder: str = "small3d", size: int | None = None, resolution: list[int] | None = None,
+    offset: int = 0,
+) -> View:  # fmt: skip
+    """Lightness L of CIE Lab, (1, T, size, size), scaled to about [-1, 1]."""
+    return lab_view("lab_l", slice(0, 1), ctx=ctx, encoder=encoder, size=size, resolution=resolution, offset=offset)
+
+
+@register_view("lab_ab")
+def lab_ab(
+    *, ctx: ViewContext, encoder: str = "small3d", size: int | None = None, resolution: list[int] | None = None,
+    offset: int = 0,
+) -> View:  # fmt: skip
+    """Colour channels a, b of CIE Lab, (2, T, size, size), scaled to about [-1, 1]."""
+    return lab_view("lab_ab", slice(1, 3), ctx=ctx, encoder=encoder, size=size, resolution=resolution, offset=offset)
