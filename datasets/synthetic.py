@@ -100,6 +100,7 @@ MOTIONS: tuple[Motion, ...] = (
 SHAPES = ("disc", "ellipse", "triangle", "square", "pentagon")
 OBJECT_TEXTURES = ("stripes", "checker", "halves")
 BACKGROUNDS = ("noise", "stripes", "checker")
+BACKGROUND_CONTRAST = (15, 40)  # grey-level difference of the two background colours (low: motion stands out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,7 +126,7 @@ def _sample_background(rng: np.random.Generator, size: int) -> dict:
         cells = rng.uniform(4, 9)
         pattern = 0.5 + 0.5 * np.tanh(4 * np.sin(np.pi * cells * xx) * np.sin(np.pi * cells * yy))
     colour_a = rng.uniform(20, 235, 3)
-    colour_b = np.clip(colour_a + rng.choice([-1, 1], 3) * rng.uniform(30, 70, 3), 0, 255)
+    colour_b = np.clip(colour_a + rng.choice([-1, 1], 3) * rng.uniform(*BACKGROUND_CONTRAST, 3), 0, 255)
     tilt = rng.uniform(-400, 400, 2)
     depth = rng.uniform(*BACKGROUND_MM) + tilt[0] * (xx - 0.5) + tilt[1] * (yy - 0.5)
     return {"pattern": pattern.astype(np.float32), "colours": (colour_a, colour_b), "depth": depth.astype(np.float32)}
@@ -149,13 +150,13 @@ def _sample_clip(motion: str, rng: np.random.Generator, size: int, background: d
         "r": rng.uniform(*RADIUS) * size,
         "c0": rng.uniform(0, size, 2),
         "theta0": rng.uniform(0, 2 * np.pi),
-        "speed": rng.uniform(1.0, 2.5) * px,  # px per frame (translation)
-        "omega": np.deg2rad(rng.uniform(6, 12)),  # rad per frame (rotation)
-        "period": rng.uniform(8, 12),  # frames per approach/recede cycle
+        "speed": rng.uniform(1.5, 3.0) * px,  # px per frame (translation)
+        "omega": np.deg2rad(rng.uniform(10, 18)),  # rad per frame (rotation)
+        "period": rng.uniform(14, 20),  # frames per approach/recede cycle
         "swing_period": rng.uniform(10, 16),  # frames per bounce / shake
         "amplitude": rng.uniform(0.12, 0.22) * size,
         "phase": rng.uniform(0, 1),
-        "noise": rng.uniform(0, 3),  # sensor noise std (grey levels)
+        "noise": rng.uniform(0, 2),  # sensor noise std (grey levels)
         "f0": 220 * 2 ** rng.uniform(0, 1),  # base pitch (Hz): 220-440
         "gain": rng.uniform(0.15, 0.3),
         "hiss": rng.uniform(0.002, 0.02),

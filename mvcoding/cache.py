@@ -185,7 +185,7 @@ class PartWriter:
             raise ValueError(f"cache entries are (T, C, H, W) arrays; {video_id} has shape {array.shape}")
         t, c, h, w = array.shape
         ds = self.f.create_dataset(video_id, data=array, chunks=(1, c, h, w), compression=self.compression)
-        attrs = {**attrs, "num_frames": t}
+        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in {**attrs, "num_frames": t}.items()}
         for k, v in attrs.items():
             ds.attrs[k] = v
         self.videos[video_id] = attrs

@@ -1,10 +1,10 @@
 """The `mvcoding` command.
 
-    mvcoding train CONFIG.yaml [key=value ...]
-    mvcoding eval {linear,finetune,retrieval} CONFIG.yaml checkpoint=PATH [key=value ...]
-    mvcoding eval fuse RESULT_A RESULT_B
-    mvcoding demo [key=value ...]
-    mvcoding views
+mvcoding train CONFIG.yaml [key=value ...]
+mvcoding eval {linear,finetune,retrieval} CONFIG.yaml checkpoint=PATH [key=value ...]
+mvcoding eval fuse RESULT_A RESULT_B
+mvcoding demo [key=value ...]
+mvcoding views
 """
 
 from __future__ import annotations

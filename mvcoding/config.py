@@ -31,6 +31,9 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     from omegaconf.errors import OmegaConfBaseException
 
     path = Path(path)
+    # a view's settings are checked by its factory (naming the key and the valid ones), so
+    # `views.rgb.width=16` may add a setting the YAML file leaves at its default
+    overrides = [f"++{o}" if o.startswith("views.") else o for o in overrides]
     if not path.is_file():
         raise UserError(f"config file {path} not found; pass a YAML path such as configs/synthetic_rgb_flow.yaml")
     GlobalHydra.instance().clear()

@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -73,10 +74,12 @@ class MultiViewClips(Dataset):
         scale=(0.4, 1.0),
         flip: bool = True,
         seed: int = 0,
+        shared_crop: bool = True,
     ):
         self.records, self.views, self.lengths = list(records), views, lengths
         self.frames, self.stride, self.train, self.clips = frames, stride, train, 1 if train else clips
         self.scale, self.flip, self.seed, self.epoch = tuple(scale), flip, seed, 0
+        self.shared_crop = shared_crop
         span = (frames - 1) * stride + 1
         short = [r.video_id for r in self.records if lengths[r.video_id][0] < span]
         if short:
@@ -100,7 +103,11 @@ class MultiViewClips(Dataset):
         rng = np.random.default_rng((self.seed, self.epoch, i))
         clip = self.clip(i, rng)
         aug = sample_aug(rng, train=self.train, scale=self.scale, flip=self.flip)
-        item = {name: view.transform(view.decode(clip), aug) for name, view in self.views.items()}
+        item = {}
+        for name, view in self.views.items():
+            item[name] = view.transform(view.decode(clip), aug)
+            if not self.shared_crop:  # each view its own crop; the flip stays shared (it mirrors motion)
+                aug = replace(sample_aug(rng, train=self.train, scale=self.scale, flip=False), flip=aug.flip)
         r = self.records[i // self.clips]
         return item | {"index": i // self.clips, "label": r.label, "video": i // self.clips}
 

@@ -7,6 +7,7 @@ DistributedDataParallel; nothing here needs to be called differently in the sing
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -90,7 +91,7 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def broadcast_object(obj):
+def broadcast_object(obj: Any) -> Any:
     """Rank 0's `obj` on every rank (a picklable object); `obj` itself without a group."""
     if not is_dist():
         return obj

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mvcoding.distributed import all_gather_cat
+from mvcoding.distributed import all_gather_cat, rank
 from mvcoding.errors import UserError
 
 GRAPHS = ("core", "full")
@@ -97,8 +97,12 @@ def bank_logits(z: Tensor, bank: Tensor, index: Tensor, neg: Tensor, tau: float)
 
     z: (B, D), bank: (N, D), index: (B,), neg: (B, K). Returns (B, K+1).
     """
+    return _logits_at(z, bank, torch.cat([index[:, None], neg], dim=1), tau)  # (B, K+1): positive first
+
+
+def _logits_at(z: Tensor, bank: Tensor, idx: Tensor, tau: float) -> Tensor:
+    """z: (B, D) against bank: (N, D) at columns idx: (B, K+1). Returns (B, K+1)."""
     bank = bank.detach()  # (N, D): the bank is a constant for the gradient
-    idx = torch.cat([index[:, None], neg], dim=1)  # (B, K+1): positive first
     if bank.shape[0] <= FULL_BANK_RATIO * idx.shape[1]:
         # one GEMM against every row, then pick the sampled columns: much faster than a gather
         logits = (z @ bank.T).gather(1, idx)  # (B, N) -> (B, K+1)
@@ -243,7 +247,13 @@ class CMCObjective(nn.Module):
         # Score in float32 even under bf16 autocast: logits span 2/tau and need the precision.
         with torch.autocast(index.device.type, enabled=False):
             z = {v: z[v].float() for v in self.views}
-            neg = sample_negatives(index, self.n_data, self.K, generator) if use_bank else None
+            if use_bank:  # the same K negatives for every pair and direction
+                # drawn for the global batch (every rank's indices, rank order) and sliced to this
+                # rank's rows, so N processes draw exactly the negatives one process would
+                every = all_gather_cat(index)  # (B * world,)
+                neg = sample_negatives(every, self.n_data, self.K, generator)  # (B * world, K)
+                neg = neg[rank() * index.shape[0] : (rank() + 1) * index.shape[0]]  # (B, K)
+                idx = torch.cat([index[:, None], neg], dim=1)  # (B, K+1): positive first, as bank_logits
             n_neg = self.K if use_bank else index.shape[0] - 1
             total, stats = 0.0, []
             for p, (a, b) in enumerate(self.pairs):
@@ -252,7 +262,7 @@ class CMCObjective(nn.Module):
                     if not use_bank:
                         loss = softmax_loss = info_nce(z[anchor], z[other], self.tau)
                     else:
-                        logits = bank_logits(z[anchor], self.banks.get_buffer(other), index, neg, self.tau)
+                        logits = _logits_at(z[anchor], self.banks.get_buffer(other), idx, self.tau)  # (B, K+1)
                         softmax_loss = nce_softmax_loss(logits)
                         loss = softmax_loss if self.score == "softmax" else self._nce(logits, p, d)
                     losses.append(loss)

@@ -25,7 +25,8 @@ def plot_training(metrics: Path, out: Path) -> None:
     for ax, title in zip(axes, ("loss", "MI lower bound log(K) - L (nats)"), strict=True):
         ax.set_title(title)
         ax.set_xlabel("step")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -1,7 +1,7 @@
 """The training loop: one readable loop, generic over the batch dict of any number of views.
 
-    mvcoding train configs/synthetic_rgb_flow.yaml train.max_steps=50
-    torchrun --nproc_per_node=2 -m mvcoding train configs/ucf101_rgb_flow.yaml dataset.root=...
+mvcoding train configs/synthetic_rgb_flow.yaml train.max_steps=50
+torchrun --nproc_per_node=2 -m mvcoding train configs/ucf101_rgb_flow.yaml dataset.root=...
 """
 
 from __future__ import annotations
@@ -119,7 +119,8 @@ def train(cfg: DictConfig) -> Path:
     dist.barrier()
     lengths = lengths or video_lengths(records, cfg.cache.dir)
     data = MultiViewClips(records, views, lengths, frames=cfg.data.frames, stride=cfg.data.stride, train=True,
-                          scale=cfg.data.scale, flip=cfg.data.flip, seed=cfg.seed)  # fmt: skip
+                          scale=cfg.data.scale, flip=cfg.data.flip, seed=cfg.seed,
+                          shared_crop=cfg.data.shared_crop)  # fmt: skip
     b, global_b = cfg.train.batch_size, cfg.train.batch_size * world
     if len(data) < global_b:
         raise UserError(f"train.batch_size={b} x {world} processes exceeds the {len(data)} training videos")
@@ -141,7 +142,9 @@ def train(cfg: DictConfig) -> Path:
     if o.name == "predictive":
         p = o.predict
         item = data[0]
-        decoder = PredictiveDecoder(in_features=model.encoders[p.source].feat_dim, out_shape=tuple(item[p.target].shape))
+        decoder = PredictiveDecoder(
+            in_features=model.encoders[p.source].feat_dim, out_shape=tuple(item[p.target].shape)
+        )
         decoder = decoder.to(device)
         objective = None
     else:
@@ -171,7 +174,9 @@ def train(cfg: DictConfig) -> Path:
 
     net = model
     if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if cfg.train.compile:
         net = torch.compile(net)
     amp = (cfg.train.amp == "auto" and device.type == "cuda") or cfg.train.amp == "bf16"
@@ -241,6 +246,8 @@ def train(cfg: DictConfig) -> Path:
                 record = {"step": step, "epoch": epoch, "loss": loss_mean, **stats,
                           "lr": scheduler.get_last_lr()[0], "clips_per_s": n_clips / (now - t_last),
                           "data_wait": wait / (now - t_last)}  # fmt: skip
+                if world > 1 and objective is not None and objective.negatives == "memory_bank":
+                    record["bank_max_diff"] = bank_divergence(objective)
                 if logger:
                     logger.log(record)
                 t_last, wait, n_clips = now, 0.0, 0
@@ -257,6 +264,16 @@ def train(cfg: DictConfig) -> Path:
     dist.barrier()
     dist.cleanup()
     return out
+
+
+def bank_divergence(objective: CMCObjective) -> float:
+    """Largest difference between ranks of two checksums of every memory bank (0.0: all ranks agree)."""
+    sums = []
+    for bank in objective.banks.buffers():
+        weights = torch.arange(bank.shape[0], device=bank.device, dtype=torch.float64)[:, None]
+        sums += [bank.double().sum(), (bank.double() * weights).sum()]
+    every = dist.all_gather_cat(torch.stack(sums)[None])  # (world, 2 * views)
+    return (every - every[0]).abs().max().item()
 
 
 class MetricsLogger:

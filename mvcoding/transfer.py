@@ -15,10 +15,10 @@ score is the mean over its crops; a *video* score is the mean over its clips (cl
 for linear and finetune, features for retrieval). Every results.json says which metric is which.
 
 Each evaluation writes into its run directory (run.dir, or runs/<name>-eval-<task>-<timestamp>):
-config.yaml, results.json, summary.md, metrics.jsonl (classifier training), and
+config.yaml, results.json (format in mvcoding.reports), summary.md, and
   linear:    features.pt (frozen features, reused when the same directory is evaluated again),
-             classifier.pt, probs.pt, confusion.png
-  finetune:  finetuned.pt (encoder and head), probs.pt, confusion.png
+             classifier.pt, probs.pt, confusion.png, metrics.jsonl (classifier training)
+  finetune:  finetuned.pt (encoder and head), probs.pt, confusion.png, metrics.jsonl (one line per epoch)
   retrieval: features.pt, retrieval.png
 probs.pt holds the test videos' class probabilities: {"video_ids", "labels" (V,), "probs" (V, C),
 "clip_probs" (N, C), "clip_video" (N,), "classes", "dataset", "split", "views", "task"}; fuse reads it.

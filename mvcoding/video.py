@@ -54,4 +54,8 @@ def read_frames(path: str, indices: list[int] | None = None, *, width: int = -1,
         indices = list(range(len(vr)))
     if indices and max(indices) >= len(vr):
         raise UserError(f"clip frames up to {max(indices)} asked from {path}, which has {len(vr)} frames")
-    return vr.get_batch(indices).asnumpy()
+    try:
+        return vr.get_batch(indices).asnumpy()
+    except Exception as e:  # decord fails on some frame sizes and damaged streams
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot decode frames {indices[0]}..{indices[-1]} of {path}: {msg[:200]}") from e

@@ -196,11 +196,12 @@ def test_view_pairs_rejects_bad_settings():
 # --- the objective -----------------------------------------------------------------------------
 
 
-def test_bank_objective_scores_each_view_against_the_other_views_bank():
-    n_data, K, tau = 30, 5, 0.1
+@pytest.mark.parametrize("n_data", [30, 1000])  # one GEMM over the bank; gathered rows
+def test_bank_objective_scores_each_view_against_the_other_views_bank(n_data):
+    K, tau = 5, 0.1
     obj = CMCObjective(views=["a", "b"], graph="full", n_data=n_data, dim=4, K=K, tau=tau)
     z = {"a": unit(3, 4, seed=13), "b": unit(3, 4, seed=14)}
-    index = torch.tensor([0, 29, 12])
+    index = torch.tensor([0, n_data - 1, 12])
     loss, stats = obj(z, index, torch.Generator().manual_seed(3))
     neg = sample_negatives(index, n_data, K, torch.Generator().manual_seed(3))
     l_ab = softmax_ce_by_hand(bank_rows_by_hand(z["a"], obj.banks.b, index, neg, tau), [0] * 3)
@@ -349,6 +350,7 @@ def test_distributed_helpers_are_no_ops_without_a_group():
     assert distributed.rank() == 0 and distributed.world_size() == 1 and distributed.is_main()
     assert distributed.all_gather_cat(x) is x
     assert distributed.all_reduce_mean(x) is x
+    assert distributed.broadcast_object(x) is x
     distributed.barrier()
     distributed.cleanup()
     distributed.init_from_env("cpu")  # no torchrun environment here: stays single-process
@@ -384,12 +386,16 @@ def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
     try:
         gathered = distributed.all_gather_cat(torch.full((rank + 1, 2), float(rank)))  # 1 row, then 2 rows
         mean = distributed.all_reduce_mean(torch.tensor([float(rank)]))
+        broadcast = distributed.broadcast_object({"from": rank})
         obj = CMCObjective(views=["a", "b"], graph="full", score="nce", n_data=20, dim=4, K=5)
         index = torch.tensor([2 * rank, 2 * rank + 1])  # each rank its own clips
         z = {"a": unit(2, 4, seed=rank), "b": unit(2, 4, seed=10 + rank)}
         obj(z, index, torch.Generator().manual_seed(rank))
         obj.update(z, index)
-        torch.save({"gathered": gathered, "mean": mean, "state": obj.state_dict()}, f"{out_dir}/{rank}.pt")
+        torch.save(
+            {"gathered": gathered, "mean": mean, "broadcast": broadcast, "state": obj.state_dict()},
+            f"{out_dir}/{rank}.pt",
+        )
     finally:
         distributed.cleanup()
 
@@ -406,6 +412,7 @@ def test_two_ranks_agree_on_banks_and_z(tmp_path):
     r0, r1 = torch.load(tmp_path / "0.pt"), torch.load(tmp_path / "1.pt")
     assert r0["gathered"].tolist() == r1["gathered"].tolist() == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
     assert r0["mean"].item() == r1["mean"].item() == 0.5
+    assert r0["broadcast"] == r1["broadcast"] == {"from": 0}
     for key in r0["state"]:
         assert torch.equal(r0["state"][key], r1["state"][key]), key
     # both ranks applied both ranks' embeddings to their banks

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import SYNTHETIC, tiny
 from mvcoding.config import load_config
 from mvcoding.errors import UserError
-from mvcoding.train import train
+from mvcoding.train import lr_factor, train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -118,3 +119,23 @@ def test_torchrun_two_processes_match_one_process(synthetic_root, tmp_path):
     b = torch.load(double / "checkpoints" / "last.pt", weights_only=False)["objective"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_lr_schedules():
+    cos = OmegaConf.create({"warmup_steps": 10, "schedule": "cosine", "milestones": [0.5, 0.75], "gamma": 0.1})
+    assert lr_factor(0, 100, cos) == pytest.approx(0.1)
+    assert lr_factor(9, 100, cos) == pytest.approx(1.0)
+    assert lr_factor(55, 100, cos) == pytest.approx(0.5)
+    assert lr_factor(100, 100, cos) == pytest.approx(0.0)
+    step = OmegaConf.merge(cos, {"schedule": "step", "warmup_steps": 0})
+    assert [lr_factor(s, 100, step) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_predictive_baseline_trains(synthetic_root, tmp_path):
+    run = tmp_path / "predictive"
+    over = {"run.dir": run, "train.max_steps": 3, "objective.name": "predictive",
+            "objective.predict": "{source: rgb, target: flow, loss: l1}"}  # fmt: skip
+    train(load_config(SYNTHETIC, tiny(synthetic_root, **over)))
+    rows = metrics(run)
+    assert sorted(rows) == [1, 2, 3] and all(r["loss/rgb->flow"] > 0 for r in rows.values())
+    assert "decoder" in torch.load(run / "checkpoints" / "last.pt", weights_only=False)

@@ -135,7 +135,7 @@ class Tiny:
             "data: {frames: 4, stride: 2, size: 32, workers: 0}\n"
             "views: {rgb: {encoder: small3d}, flow: {encoder: small3d}}\n"
             "eval: {views: [rgb], clips: 2, crops: 3, train_clips: 2, batch_size: 8,\n"
-            "       linear: {epochs: 60, lr: 0.1, batch_size: null},\n"
+            "       linear: {epochs: 20, lr: 0.002, weight_decay: 0.01, batch_size: null},\n"
             "       finetune: {epochs: 1, lr: 0.05, batch_size: 4}, retrieval: {ks: [1, 2, 5]}}\n"
         )
         cfg = self.cfg()
@@ -239,10 +239,11 @@ def test_linear_results_agree_with_the_saved_features(tiny, linear_run):
     # clip probabilities: the classifier on standardised features, softmax, mean over the 3 crops
     z = (feats["test"]["x"] - clf["mean"]) / clf["std"]
     clip_probs = (z @ clf["weight"].T + clf["bias"]).softmax(-1).mean(1)
-    assert torch.allclose(clip_probs, saved["clip_probs"], atol=1e-5)
+    assert clip_probs.max() < 0.999  # not saturated, so that the mean over crops matters
+    assert torch.allclose(clip_probs, saved["clip_probs"], rtol=1e-4, atol=1e-9)
     # video probabilities: the mean of each video's 2 clips, by hand
     video_probs = torch.stack([clip_probs[2 * v : 2 * v + 2].mean(0) for v in range(6)])
-    assert torch.allclose(video_probs, saved["probs"], atol=1e-6)
+    assert torch.allclose(video_probs, saved["probs"], rtol=1e-4, atol=1e-9)
     labels = torch.tensor([CLASSES.index(Path(i).parent.name) for i in saved["video_ids"]])
     assert torch.equal(saved["labels"], labels)
     video_top1 = sum(int(video_probs[v].argmax() == labels[v]) for v in range(6)) / 6

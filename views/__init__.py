@@ -1,3 +1,3 @@
 """Built-in views; importing this package registers them (mvcoding.registry loads it on first use)."""
 
-from mvcoding.views import audio, flow, lab, rgb  # noqa: F401
+from mvcoding.views import audio, depth, flow, lab, rgb  # noqa: F401

@@ -29,8 +29,10 @@ def flow(
     *,
     ctx: ViewContext,
     encoder: str = "small3d",
+    width: int | None = None,
     size: int | None = None,
     algorithm: str = "dis",
+    params: dict | None = None,
     resolution: list[int] | None = None,
     bound: float = 20.0,
     offset: int = 0,
@@ -38,11 +40,11 @@ def flow(
     """Optical flow (x, y) between frames t and t+1 at every clip frame t, from the cache of
     (algorithm, resolution); values clipped to +-bound pixels, fed to the encoder as flow / bound."""
     size = size or ctx.size
-    settings = {"algorithm": algorithm, "resolution": resolution, "bound": bound}
+    settings = {"algorithm": algorithm, "params": params, "resolution": resolution, "bound": bound}
     path, provenance = cache_settings(
         cache_dir=ctx.cache_dir, dataset=ctx.dataset, modality="flow", settings=settings, root=ctx.root
     )
-    reader = CacheReader(path, expect=provenance)
+    reader = CacheReader(path, expect=provenance, fill_command=fill_command("flow"))
 
     def transform(x: torch.Tensor, aug: Aug) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -59,6 +61,6 @@ def flow(
         channels=2,
         decode=lambda clip: read_cached(reader, clip, offset),
         transform=transform,
-        build_encoder=lambda: build_encoder(encoder, in_channels=2),
+        build_encoder=lambda: build_encoder(encoder, in_channels=2, width=width),
         check=lambda records: reader.check([r.video_id for r in records], fill_command("flow")),
     )

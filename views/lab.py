@@ -17,7 +17,7 @@ from mvcoding.views.rgb import decode_rgb
 L_CENTER, L_SCALE, AB_SCALE = 50.0, 50.0, 110.0
 
 
-def lab_view(name: str, channels: slice, *, ctx: ViewContext, encoder: str, size, resolution, offset) -> View:
+def lab_view(name: str, channels: slice, *, ctx: ViewContext, encoder: str, width, size, resolution, offset) -> View:
     size = size or ctx.size
     n = channels.stop - channels.start
 
@@ -35,23 +35,27 @@ def lab_view(name: str, channels: slice, *, ctx: ViewContext, encoder: str, size
         channels=n,
         decode=lambda clip: decode_rgb(clip, offset=offset, resolution=resolution),
         transform=transform,
-        build_encoder=lambda: build_encoder(encoder, in_channels=n),
+        build_encoder=lambda: build_encoder(encoder, in_channels=n, width=width),
     )
 
 
 @register_view("lab_l")
 def lab_l(
-    *, ctx: ViewContext, encoder: str = "small3d", size: int | None = None, resolution: list[int] | None = None,
+    *, ctx: ViewContext, encoder: str = "small3d", width: int | None = None, size: int | None = None, resolution: list[int] | None = None,
     offset: int = 0,
 ) -> View:  # fmt: skip
     """Lightness L of CIE Lab, (1, T, size, size), scaled to about [-1, 1]."""
-    return lab_view("lab_l", slice(0, 1), ctx=ctx, encoder=encoder, size=size, resolution=resolution, offset=offset)
+    return lab_view(
+        "lab_l", slice(0, 1), ctx=ctx, encoder=encoder, width=width, size=size, resolution=resolution, offset=offset
+    )
 
 
 @register_view("lab_ab")
 def lab_ab(
-    *, ctx: ViewContext, encoder: str = "small3d", size: int | None = None, resolution: list[int] | None = None,
+    *, ctx: ViewContext, encoder: str = "small3d", width: int | None = None, size: int | None = None, resolution: list[int] | None = None,
     offset: int = 0,
 ) -> View:  # fmt: skip
     """Colour channels a, b of CIE Lab, (2, T, size, size), scaled to about [-1, 1]."""
-    return lab_view("lab_ab", slice(1, 3), ctx=ctx, encoder=encoder, size=size, resolution=resolution, offset=offset)
+    return lab_view(
+        "lab_ab", slice(1, 3), ctx=ctx, encoder=encoder, width=width, size=size, resolution=resolution, offset=offset
+    )

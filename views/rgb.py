@@ -25,6 +25,7 @@ def rgb(
     *,
     ctx: ViewContext,
     encoder: str = "small3d",
+    width: int | None = None,
     size: int | None = None,
     resolution: list[int] | None = None,
     offset: int = 0,
@@ -44,5 +45,5 @@ def rgb(
         channels=3,
         decode=lambda clip: decode_rgb(clip, offset=offset, resolution=resolution),
         transform=transform,
-        build_encoder=lambda: build_encoder(encoder, in_channels=3),
+        build_encoder=lambda: build_encoder(encoder, in_channels=3, width=width),
     )

@@ -7,8 +7,9 @@ The references write each direction (anchor a against view b's bank) with a sing
     gemm: logits = (z_a @ bank_b.T).gather(1, cat(index, neg)) / tau                        # whole bank, then pick
     loss = cross_entropy(logits, 0)          # (B, K+1), positive in column 0
 
-(gemm: one backward of the summed loss, as a trainer does; bmm: backward after each direction, so that
-its (B, K+1, D) gathers need not all be held at once), then `bank[index] = normalize(m * bank[index] + (1 - m) * z)` per view. All three sample the
+(gemm: one backward of the summed loss, as a trainer does; bmm: backward after each direction, so
+that its (B, K+1, D) gathers need not all be held at once), then
+`bank[index] = normalize(m * bank[index] + (1 - m) * z)` per view. All three sample the
 same negatives from identically seeded generators, so their losses must agree; the script checks it.
 Steps are interleaved (ours, gemm, bmm, ours, ...) and reported as medians of --repeats steps; the
 slow bmm form sits out the later rounds once it has used --budget seconds (its count is column n).
@@ -56,9 +57,11 @@ def reference_step(form, banks, pairs, z_leaf, index, gen, n_data, K, tau, momen
                 logits = torch.bmm(banks[other][idx], z[anchor].unsqueeze(2)).squeeze(2) / tau  # (B, K+1)
             else:
                 logits = (z[anchor] @ banks[other].T).gather(1, idx) / tau  # (B, N) -> (B, K+1)
-            losses.append(F.cross_entropy(logits, target))
+            loss = F.cross_entropy(logits, target)
             if form == "bmm":  # free this direction's (B, K+1, D) gather now: 12 of them need ~13 GB
-                losses[-1].backward(retain_graph=True)
+                loss.backward(retain_graph=True)  # (retain the shared normalize; the gather goes with `loss`)
+                loss = loss.detach()
+            losses.append(loss)
     if form == "gemm":
         sum(losses).backward()
     total = sum(loss.item() for loss in losses)

@@ -1,0 +1,164 @@
+"""Contract tests over every registered view (plugins included), view-specific behaviour, and short
+runs of the four-view config (rgb, flow, depth, audio) on the tiny synthetic dataset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny
+from mvcoding.cache import quantize
+from mvcoding.config import CONFIG_DIR, load_config
+from mvcoding.datasets import load_dataset
+from mvcoding.errors import UserError
+from mvcoding.model import view_context
+from mvcoding.registry import Aug, Clip, ViewContext, build_view, list_views, view_settings
+from mvcoding.train import train
+
+FOUR = str(CONFIG_DIR / "synthetic_4view.yaml")
+TRAIN_AUG = Aug(train=True, crop=(0.1, 0.2, 0.7, 0.6), flip=True)
+EVAL_AUG = Aug(train=False, crop=None, flip=False)  # what sample_aug gives in eval: the centre square
+
+
+@pytest.fixture(scope="session")
+def four_root(synthetic_root):
+    """The tiny synthetic dataset with its flow and depth caches filled (the same overrides as training)."""
+    from mvcoding.precompute import main_depth
+
+    assert main_depth([FOUR, *tiny(synthetic_root)]) == 0
+    return synthetic_root
+
+
+@pytest.fixture(scope="module")
+def setup(four_root):
+    """(ViewContext, train records, one real clip of 4 frames) on the tiny dataset."""
+    from mvcoding.data import video_lengths
+
+    cfg = load_config(FOUR, tiny(four_root))
+    records = load_dataset(cfg.dataset).records("train")
+    lengths = video_lengths(records, cfg.cache.dir)
+    r = records[1]
+    n, fps = lengths[r.video_id]
+    return view_context(cfg), records, Clip(r.video_id, r.path, 3, cfg.data.frames, cfg.data.stride, fps, n)
+
+
+def small(name: str) -> dict:
+    """Small settings for a view: a narrow small3d where the view takes one."""
+    accepted = view_settings(name)
+    return {"width": 8} if "width" in accepted else {}
+
+
+@pytest.mark.parametrize("name", list_views())
+def test_view_contract(name, setup):
+    ctx, records, clip = setup
+    view = build_view(name, ctx, **small(name))
+    assert view.name == name
+    if view.check is not None:
+        view.check(records)
+    x = view.decode(clip)
+    assert isinstance(x, torch.Tensor)
+    items = [view.transform(x, TRAIN_AUG), view.transform(x, EVAL_AUG), view.transform(x, Aug(train=True))]
+    for y in items:
+        assert y.shape == items[0].shape and y.shape[0] == view.channels, (y.shape, view.channels)
+        assert y.dtype == torch.float32 and torch.isfinite(y).all()
+        assert y.std() > 0  # a real clip is not constant
+
+    torch.manual_seed(0)
+    encoder = view.build_encoder()
+    z = encoder(torch.stack(items))
+    assert z.shape == (3, encoder.feat_dim) and torch.isfinite(z).all()
+    (z * torch.randn_like(z)).sum().backward()
+    for pname, p in encoder.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {name}.{pname}"
+
+
+def test_flow_flip_negates_x(setup):
+    ctx, _, clip = setup
+    view = build_view("flow", ctx)
+    x = view.decode(clip)
+    plain = view.transform(x, Aug(train=True, crop=(0.0, 0.0, 1.0, 1.0), flip=False))
+    flipped = view.transform(x, Aug(train=True, crop=(0.0, 0.0, 1.0, 1.0), flip=True))
+    assert plain[0].abs().max() > 0  # the clip moves
+    torch.testing.assert_close(flipped[0], -plain[0].flip(-1))
+    torch.testing.assert_close(flipped[1], plain[1].flip(-1))
+
+
+def test_lab_of_a_grey_clip_has_no_colour():
+    ctx = ViewContext(dataset="synthetic", root="/none", cache_dir="/none", frames=2, stride=1, size=8)
+    levels = torch.tensor([0, 64, 128, 255], dtype=torch.uint8)
+    grey = levels.view(1, 1, 1, 4).expand(3, 2, 8, 4).repeat(1, 1, 1, 2)  # (3, T, H, W), R = G = B
+    ab = build_view("lab_ab", ctx).transform(grey, EVAL_AUG)
+    lightness = build_view("lab_l", ctx).transform(grey, EVAL_AUG)
+    assert ab.shape == (2, 2, 8, 8) and ab.abs().max() < 1e-3
+    assert lightness[0, 0, 0, 0] == pytest.approx(-1.0, abs=1e-3)  # black: L = 0
+    assert lightness[0, 0, 0, 3] == pytest.approx(1.0, abs=1e-3)  # white: L = 100
+    assert (lightness[0, :, :, :4].diff(dim=-1) > 0).all()  # L rises with the grey level
+
+
+def test_shared_crop_keeps_views_aligned_across_resolutions():
+    """A square at the same place in an RGB clip (64 px) and in its flow and depth (32 px) stays at
+    the same place after every view applies the same fractional crop and flip."""
+    ctx = ViewContext(dataset="synthetic", root="/none", cache_dir="/none", frames=2, stride=1, size=16)
+    views = {n: build_view(n, ctx) for n in ("rgb", "flow", "depth")}
+
+    def with_square(channels: int, side: int, inside: float, outside: float) -> torch.Tensor:
+        x = torch.full((channels, 2, side, side), outside)
+        y0, y1, x0, x1 = (int(f * side) for f in (0.3125, 0.5, 0.3125, 0.4375))  # off-centre: a flip moves it
+        x[:, :, y0:y1, x0:x1] = inside
+        return x
+
+    rgb = with_square(3, 64, 255, 0).to(torch.uint8)
+    flow = torch.from_numpy(quantize(with_square(2, 32, 8.0, 0.0).numpy(), 20.0))
+    depth = with_square(1, 32, 200, 100).to(torch.uint8)
+    crop = (0.25, 0.25, 0.5, 0.5)
+    for aug in (Aug(train=True, crop=crop, flip=False), Aug(train=True, crop=crop, flip=True), EVAL_AUG):
+        masks = {}
+        for name, x in (("rgb", rgb), ("flow", flow), ("depth", depth)):
+            y = views[name].transform(x, aug)[0, 0]  # first channel, first frame: (16, 16)
+            y = (y - y[0, 0]).abs()  # off the background (a flip negates flow x)
+            masks[name] = y > y.max() / 2
+        assert masks["rgb"].sum() > 4
+        assert torch.equal(masks["rgb"], masks["flow"]) and torch.equal(masks["rgb"], masks["depth"]), aug
+
+
+def test_depth_view_reads_the_cache_the_tool_filled(setup):
+    ctx, _, clip = setup
+    view = build_view("depth", ctx)
+    x = view.decode(clip)
+    assert x.shape == (1, clip.num_frames, 32, 32) and x.dtype == torch.uint8
+    assert x.min() >= 1  # the synthetic ground truth is valid everywhere
+    y = view.transform(x, Aug(train=True, crop=(0.0, 0.0, 1.0, 1.0)))
+    torch.testing.assert_close(y, x.float() / 255)  # 1..255 -> (0, 1], 0 (invalid) -> 0
+
+
+def test_depth_view_without_its_cache_names_the_fill_command(setup, tmp_path):
+    ctx, records, _ = setup
+    empty = ViewContext(**{**ctx.__dict__, "cache_dir": str(tmp_path)})
+    view = build_view("depth", empty)
+    with pytest.raises(UserError, match=r"depth cache .* lacks .*precompute_depth\.py"):
+        view.check(records)
+    with pytest.raises(UserError, match=r"depth.*resolution=\[16\]"):
+        build_view("depth", ctx, resolution=[16])
+
+
+def pairs_logged(run) -> set[frozenset]:
+    last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert np.isfinite(last["loss"])
+    return {frozenset(k[5:].split("-")) for k in last if k.startswith("loss/")}
+
+
+def test_four_views_train_on_the_full_graph(four_root, tmp_path):
+    cfg = load_config(FOUR, tiny(four_root, **{"run.dir": tmp_path / "full", "train.max_steps": 2}))
+    assert list(cfg.views) == ["rgb", "flow", "depth", "audio"] and cfg.objective.graph == "full"
+    run = train(cfg)
+    views = ["rgb", "flow", "depth", "audio"]
+    assert pairs_logged(run) == {frozenset((a, b)) for i, a in enumerate(views) for b in views[i + 1 :]}  # 6 pairs
+
+
+def test_four_views_train_on_the_core_graph(four_root, tmp_path):
+    over = {"run.dir": tmp_path / "core", "train.max_steps": 2, "objective.graph": "core", "objective.anchor": "rgb"}
+    run = train(load_config(FOUR, tiny(four_root, **over)))
+    assert pairs_logged(run) == {frozenset(("rgb", v)) for v in ("flow", "depth", "audio")}
