@@ -19,8 +19,8 @@ Layout under `root` (the official UCF101 layout, so `mvcoding.datasets.ucf101` r
     ucfTrainTestlist/classInd.txt, trainlist0{1,2,3}.txt, testlist0{1,2,3}.txt
     synthetic.json                          generation parameters, classes and their motions
 
-Videos of one group gXX share their background (like UCF101's groups share an actor and a scene) and
-a group is never split between train and test; each of the three splits tests on different groups.
+Videos of one group gXX share their background (like UCF101's groups share an actor and a scene),
+the same background in every class, so a scene says nothing about the class; a group is never split between train and test; each of the three splits tests on different groups.
 
 What each modality carries about the class:
 - RGB / optical flow: the motion itself (direction, rotation sense, expansion, oscillation).
@@ -82,11 +82,15 @@ class Motion:
     description: str
 
 
-MOTIONS: tuple[Motion, ...] = (
+MOTIONS: tuple[Motion, ...] = (  # the default 8 classes are the 8 directions of translation
     Motion("MoveLeft", "translates left at constant speed (depth: leading edge nearer)"),
     Motion("MoveRight", "translates right at constant speed (depth: leading edge nearer)"),
     Motion("MoveUp", "translates up at constant speed; pitch rises (depth: leading edge nearer)"),
     Motion("MoveDown", "translates down at constant speed; pitch falls (depth: leading edge nearer)"),
+    Motion("MoveUpLeft", "translates up and left; pitch rises (depth: leading edge nearer)"),
+    Motion("MoveUpRight", "translates up and right; pitch rises (depth: leading edge nearer)"),
+    Motion("MoveDownLeft", "translates down and left; pitch falls (depth: leading edge nearer)"),
+    Motion("MoveDownRight", "translates down and right; pitch falls (depth: leading edge nearer)"),
     Motion("RotateCW", "rotates clockwise in place (depth: a ramp winding clockwise; audio: 4 pulses per turn)"),
     Motion(
         "RotateCCW",
@@ -97,10 +101,11 @@ MOTIONS: tuple[Motion, ...] = (
     Motion("Bounce", "bounces vertically off an invisible floor (audio: a tick at each bounce)"),
     Motion("Shake", "oscillates left and right (audio: tremolo at the shaking rate)"),
 )
-SHAPES = ("disc", "ellipse", "triangle", "square", "pentagon")
+SHAPES = ("disc",)  # one silhouette: the outline would otherwise be a cue shared by RGB and flow that is not motion
+D = math.sqrt(0.5)  # a diagonal's x and y components
 OBJECT_TEXTURES = ("stripes", "checker", "halves")
 BACKGROUNDS = ("noise", "stripes", "checker")
-BACKGROUND_CONTRAST = (15, 40)  # grey-level difference of the two background colours (low: motion stands out)
+BACKGROUND_CONTRAST = (5, 20)  # grey-level difference of the two background colours (low: motion stands out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,7 +155,7 @@ def _sample_clip(motion: str, rng: np.random.Generator, size: int, background: d
         "r": rng.uniform(*RADIUS) * size,
         "c0": rng.uniform(0, size, 2),
         "theta0": rng.uniform(0, 2 * np.pi),
-        "speed": rng.uniform(1.5, 3.0) * px,  # px per frame (translation)
+        "speed": rng.uniform(2.0, 3.5) * px,  # px per frame (translation)
         "omega": np.deg2rad(rng.uniform(10, 18)),  # rad per frame (rotation)
         "period": rng.uniform(14, 20),  # frames per approach/recede cycle
         "swing_period": rng.uniform(10, 16),  # frames per bounce / shake
@@ -170,7 +175,8 @@ def _trajectory(p: dict, t: np.ndarray) -> tuple[np.ndarray, ...]:
     motion, zero = p["motion"], np.zeros_like(t)
     cx, cy = p["c0"][0] + zero, p["c0"][1] + zero
     theta, r, vx, vy = p["theta0"] + zero, p["r"] + zero, zero, zero
-    directions = {"MoveLeft": (-1, 0), "MoveRight": (1, 0), "MoveUp": (0, -1), "MoveDown": (0, 1)}
+    directions = {"MoveLeft": (-1, 0), "MoveRight": (1, 0), "MoveUp": (0, -1), "MoveDown": (0, 1),
+                  "MoveUpLeft": (-D, -D), "MoveUpRight": (D, -D), "MoveDownLeft": (-D, D), "MoveDownRight": (D, D)}
     if motion in directions:
         dx, dy = directions[motion]
         vx, vy = dx * p["speed"] + zero, dy * p["speed"] + zero
@@ -289,7 +295,8 @@ def render_video(label: int, seed: int, group: int, clip: int, *, frames: int, s
 
     Deterministic in (seed, label, group, clip); videos of one group share their background.
     """
-    background = _sample_background(np.random.default_rng([seed, 0, label, group]), size)
+    # one background per group gXX for every class: a scene says nothing about the class
+    background = _sample_background(np.random.default_rng([seed, 0, group]), size)
     p = _sample_clip(MOTIONS[label].name, np.random.default_rng([seed, 1, label, group, clip]), size, background)
     rgb, depth = render_frames(p, background, frames, size)
     return {"rgb": rgb, "depth": depth, "audio": render_audio(p, frames, size, fps), "params": p}
@@ -375,7 +382,7 @@ def generate(
 ) -> None:
     """Write the synthetic dataset into `root` (created; existing files of the same names are overwritten).
 
-    classes: the first `classes` of MOTIONS (2-10). Videos are `frames` frames of `size` x `size` pixels
+    classes: the first `classes` of MOTIONS (2-14). Videos are `frames` frames of `size` x `size` pixels
     (even) at `fps`. Same arguments (any `workers`) -> byte-identical files. `load` wraps this with an
     atomic rename; call `generate` directly only into a folder of your own.
     """

@@ -106,10 +106,10 @@ def _torchvision(
 class Small3d(nn.Module):
     """A small 3D CNN for CPU runs and tests: (B, C, T, H, W) -> (B, 8 * width).
 
-    Four stages of conv3d-norm-ReLU (BatchNorm, or GroupNorm with norm="group") with 3x3x3 kernels (so every layer sees motion), channels
-    width * (1, 2, 4, 8), one conv in the first two stages and two in the last two. Each stage's
-    first conv halves space, and in the last two stages also time, so a (C, 8, 64, 64) clip ends
-    as (8 * width, 2, 4, 4) before global average pooling.
+    Four stages of conv3d-norm-ReLU (BatchNorm, or GroupNorm with norm="group") with 3x3x3
+    kernels (so every layer sees motion), channels width * (1, 2, 4, 8), one conv in the first two
+    stages and two in the last two. Each stage's first conv halves space, and in the last two
+    stages also time, so a (C, 8, 64, 64) clip ends as (8 * width, 2, 4, 4) before global average pooling.
     """
 
     def __init__(self, in_channels: int, width: int = 32, norm: str = "batch") -> None:

@@ -225,16 +225,22 @@ def _results(work: Callable, jobs: list, workers: int, start_method: str) -> Ite
     A worker process that dies (killed for memory, or a decoder crash) raises UserError naming the
     videos it may have been working on, instead of waiting forever for its result.
     """
-    if workers <= 1 or len(jobs) <= 1:
-        import cv2
+    import cv2
 
-        prev = cv2.getNumThreads()
-        cv2.setNumThreads(1)  # the same work per process as a pool worker does
-        try:
+    prev = cv2.getNumThreads()
+    # one OpenCV thread per process; set in this process before forking too: a forked child whose
+    # parent had already started OpenCV's thread pool blocks forever in cv2.setNumThreads
+    cv2.setNumThreads(1)
+    try:
+        if workers <= 1 or len(jobs) <= 1:
             yield from map(work, jobs)
-        finally:
-            cv2.setNumThreads(prev)
-        return
+        else:
+            yield from _pool_results(work, jobs, workers, start_method)
+    finally:
+        cv2.setNumThreads(prev)
+
+
+def _pool_results(work: Callable, jobs: list, workers: int, start_method: str) -> Iterator:
     ctx = multiprocessing.get_context(start_method)
     pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker)
     pending: deque = deque()

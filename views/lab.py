@@ -41,9 +41,14 @@ def lab_view(name: str, channels: slice, *, ctx: ViewContext, encoder: str, widt
 
 @register_view("lab_l")
 def lab_l(
-    *, ctx: ViewContext, encoder: str = "small3d", width: int | None = None, size: int | None = None, resolution: list[int] | None = None,
+    *,
+    ctx: ViewContext,
+    encoder: str = "small3d",
+    width: int | None = None,
+    size: int | None = None,
+    resolution: list[int] | None = None,
     offset: int = 0,
-) -> View:  # fmt: skip
+) -> View:
     """Lightness L of CIE Lab, (1, T, size, size), scaled to about [-1, 1]."""
     return lab_view(
         "lab_l", slice(0, 1), ctx=ctx, encoder=encoder, width=width, size=size, resolution=resolution, offset=offset
@@ -52,9 +57,14 @@ def lab_l(
 
 @register_view("lab_ab")
 def lab_ab(
-    *, ctx: ViewContext, encoder: str = "small3d", width: int | None = None, size: int | None = None, resolution: list[int] | None = None,
+    *,
+    ctx: ViewContext,
+    encoder: str = "small3d",
+    width: int | None = None,
+    size: int | None = None,
+    resolution: list[int] | None = None,
     offset: int = 0,
-) -> View:  # fmt: skip
+) -> View:
     """Colour channels a, b of CIE Lab, (2, T, size, size), scaled to about [-1, 1]."""
     return lab_view(
         "lab_ab", slice(1, 3), ctx=ctx, encoder=encoder, width=width, size=size, resolution=resolution, offset=offset

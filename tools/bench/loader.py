@@ -18,7 +18,7 @@ tools/precompute_flow.py's main_flow on configs/ucf101_rgb_flow.yaml with datase
 Frames are 128x170 (write_video needs an even width) and both views read them at native size;
 `--source 240 320 --resolution 128 171` gives UCF101's own sizes (decord resizes on decode).
 
-    python tools/bench/loader.py             # 48 videos x 64 frames, 5 rounds (~3 min)
+    python tools/bench/loader.py             # 48 videos x 64 frames, 5 rounds (~2.5 min)
     python tools/bench/loader.py --quick     # 24 videos, 3 rounds (~1 min)
 """
 
@@ -220,7 +220,7 @@ def breakdown(data: MultiViewClips, items: list[int], batch: int) -> list[tuple[
         t.append(time.perf_counter())
         bare.flow(clip.video_id, clip.start, clip.start + (clip.num_frames - 1) * clip.stride + 1)
         t.append(time.perf_counter())
-        for name, a, b in zip(names, t, t[1:], strict=True):
+        for name, a, b in zip(names, t[:-1], t[1:], strict=True):
             total[name] += b - a
     bare.close()
     return [(name, 1e3 * s / len(items)) for name, s in total.items()]
@@ -233,7 +233,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="24 videos, 3 rounds, shorter runs (~1 min)")
     ap.add_argument("--data", type=Path, help="dataset folder to (generate and) reuse; default: a temporary one")
-    ap.add_argument("--videos", type=int, default=48)
+    ap.add_argument("--videos", type=int, default=48, help="rounded up to 4 classes x 2 clips x groups (>= 3)")
     ap.add_argument("--frames", type=int, default=64, help="frames per video")
     ap.add_argument("--source", type=int, nargs=2, default=[128, 170], metavar=("H", "W"), help="video size")
     ap.add_argument("--resolution", type=int, nargs=2, default=None, metavar=("H", "W"),
@@ -247,6 +247,11 @@ def main() -> None:
         args.videos, args.rounds, args.epochs = min(args.videos, 24), min(args.rounds, 3), min(args.epochs, 3)
 
     torch.set_num_threads(1)  # workers=0 runs the transforms here: one thread, as in a DataLoader worker
+    import cv2
+
+    # OpenCV's thread pool must never start here: precompute forks workers that call cv2.setNumThreads(1),
+    # which hangs forever in a child of a process whose pool threads exist (pthread_cond_destroy)
+    cv2.setNumThreads(1)
     tmp = None
     root = args.data
     if root is None:
