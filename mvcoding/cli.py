@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from mvcoding.errors import UserError
 
@@ -26,6 +27,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     e.add_argument("task", choices=["linear", "finetune", "retrieval", "fuse"])
     e.add_argument("config", help="YAML config path (fuse: the first results.json)")
     e.add_argument("overrides", nargs="*", help="Hydra overrides key=value (fuse: the second results.json)")
+    e.add_argument("--out", default=None, help="fuse: the output folder (default runs/fuse-<timestamp>)")
     d = sub.add_parser("demo", help="synthetic data -> flow cache -> CMC pretraining -> linear probe, on the CPU")
     d.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
     sub.add_parser("views", help="list the registered views and where they come from")
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> None:
         if args.task == "fuse":
             if len(args.overrides) != 1:
                 raise UserError("usage: mvcoding eval fuse RESULT_A.json RESULT_B.json")
-            transfer.fuse(args.config, args.overrides[0])
+            transfer.fuse(args.config, args.overrides[0], out=Path(args.out) if args.out else None)
         else:
             transfer.evaluate(args.task, load_config(args.config, args.overrides))
     elif args.command == "demo":

@@ -40,14 +40,20 @@ def crop_box(height: int, width: int, crop) -> tuple[int, int, int, int]:
 
 
 def crop_resize(x: torch.Tensor, crop, size: int) -> torch.Tensor:
-    """Crop (C, T, H, W) float by a fractional box and resize to (C, T, size, size), bilinear."""
+    """Crop (C, T, H, W) by a fractional box and resize to (C, T, size, size), bilinear, antialiased.
+
+    uint8 in, uint8 out: resizing the decoded bytes before converting them to float is 3-5x faster
+    (torch's vectorised uint8 kernel, channels-last) than resizing float32, for a rounding error of
+    at most half a grey level.
+    """
     c, t, height, width = x.shape
     y0, x0, h, w = crop_box(height, width, crop)
-    x = x[:, :, y0 : y0 + h, x0 : x0 + w]
+    x = x[:, :, y0 : y0 + h, x0 : x0 + w].transpose(0, 1)  # (T, C, h, w)
     if (h, w) != (size, size):
-        x = F.interpolate(x.transpose(0, 1), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        x = x.transpose(0, 1)
-    return x.contiguous()
+        if x.dtype == torch.uint8:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x.transpose(0, 1).contiguous()
 
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:

@@ -48,9 +48,9 @@ def flow(
 
     def transform(x: torch.Tensor, aug: Aug) -> torch.Tensor:
         h, w = x.shape[-2:]
-        x = torch.as_tensor(dequantize(x.numpy(), bound)) / bound  # (2, T, H, W) in [-1, 1]
         _, _, bh, bw = crop_box(h, w, aug.crop)
-        x = crop_resize(x, aug.crop, size)
+        x = crop_resize(x, aug.crop, size)  # on the quantised bytes: dequantising is linear
+        x = torch.from_numpy(dequantize(x.numpy(), bound)) / bound  # (2, T, size, size) in [-1, 1]
         x = x * torch.tensor([size / bw, size / bh]).view(2, 1, 1, 1)  # resizing stretches displacements too
         if aug.flip:
             x = x.flip(-1) * torch.tensor([-1.0, 1.0]).view(2, 1, 1, 1)

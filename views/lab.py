@@ -22,7 +22,7 @@ def lab_view(name: str, channels: slice, *, ctx: ViewContext, encoder: str, widt
     n = channels.stop - channels.start
 
     def transform(x: torch.Tensor, aug: Aug) -> torch.Tensor:
-        x = crop_resize(x.float() / 255, aug.crop, size)
+        x = crop_resize(x, aug.crop, size).float() / 255
         if aug.flip:
             x = x.flip(-1)
         lab = rgb_to_lab(x.clamp(0, 1))[channels]  # (n, T, size, size)
