@@ -43,10 +43,10 @@ def test_short_run_writes_the_run_directory(synthetic_root, tmp_path):
     assert load_config(run / "config.yaml").train.max_steps == 4  # the resolved config loads back
 
 
-@pytest.mark.parametrize("negatives", ["in_batch", "memory_bank"])
-def test_loss_falls(synthetic_root, tmp_path, negatives):
-    run = tmp_path / negatives
-    over = {"run.dir": run, "train.max_steps": 30, "objective.negatives": negatives, "train.batch_size": 8,
+def test_loss_falls(synthetic_root, tmp_path):
+    """A real training run learns (the memory-bank objective alone is checked in test_objectives.py)."""
+    run = tmp_path / "in_batch"
+    over = {"run.dir": run, "train.max_steps": 24, "objective.negatives": "in_batch", "train.batch_size": 8,
             "optim.lr": 3e-3, "optim.schedule": "constant", "optim.warmup_steps": 0, "objective.K": 16,
             "data.workers": 1}  # fmt: skip
     train(load_config(SYNTHETIC, tiny(synthetic_root, **over)))
@@ -70,7 +70,7 @@ def test_missing_flow_cache_names_the_fill_command(synthetic_root, tmp_path):
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(synthetic_root, tmp_path):
-    over = {"train.max_steps": 14, "train.save_every": 1, "train.epochs": 100, "data.workers": 1}
+    over = {"train.max_steps": 11, "train.save_every": 1, "train.epochs": 100, "data.workers": 1}
     reference = tmp_path / "reference"
     train(load_config(SYNTHETIC, tiny(synthetic_root, **over, **{"run.dir": reference})))
 
@@ -81,18 +81,18 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(synthetic_root, tmp_p
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         log = run / "metrics.jsonl"
-        if log.is_file() and len(log.read_text().splitlines()) >= 8:
+        if log.is_file() and len(log.read_text().splitlines()) >= 8:  # last.pt: step 7 or 8
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)  # mid-epoch: 24 videos / batch 4 = 6 steps per epoch
     proc.wait()
     killed_at = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
-    assert 0 < killed_at["step"] < 14 and killed_at["batch_in_epoch"] > 0
+    assert 0 < killed_at["step"] < 11 and killed_at["batch_in_epoch"] > 0
 
     train(load_config(SYNTHETIC, args + ["resume=auto"]))
     ours, ref = metrics(run), metrics(reference)
-    assert sorted(ours) == sorted(ref) == list(range(1, 15))
+    assert sorted(ours) == sorted(ref) == list(range(1, 12))
     for step in ref:
         assert ours[step]["loss"] == pytest.approx(ref[step]["loss"], rel=1e-5, abs=1e-6), step
 
