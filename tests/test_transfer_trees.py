@@ -12,7 +12,6 @@ from conftest import SYNTHETIC, tiny
 from fake_trees import make_hmdb51_tree, make_ucf101_tree
 from mvcoding.cli import main
 from mvcoding.config import CONFIG_DIR, load_config
-from mvcoding.reports import recall_at_k
 from mvcoding.train import train
 
 
