@@ -24,6 +24,7 @@ def tiny(root, **extra) -> list[str]:
         "data.workers": 0,
         "train.batch_size": 4,
         "train.log_every": 1,
+        "objective.negatives": "memory_bank",  # the CMC default of base.yaml; tests opt into in_batch
         "objective.K": 8,
         "objective.dim": 16,
         "precompute.workers": 1,

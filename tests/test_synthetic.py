@@ -112,11 +112,21 @@ def test_same_seed_same_bytes_any_workers_other_seed_differs(tmp_path):
 # ---- class information: in the motion, not in the appearance -------------------------------------
 
 
+# one class of each kind of motion: four translations, both rotations, approach and recede
+KINDS = ("MoveLeft", "MoveRight", "MoveUp", "MoveDown", "RotateCW", "RotateCCW", "Approach", "Recede")
+KIND_LABELS = [[m.name for m in synthetic.MOTIONS].index(k) for k in KINDS]
+
+
+def _kind(label: int) -> int:
+    """Position in KINDS of a MOTIONS index: the features' class index in these tests."""
+    return KIND_LABELS.index(label)
+
+
 @pytest.fixture(scope="module")
 def rendered():
-    """8 classes x 12 videos, each in its own group (own background), as arrays."""
+    """The 8 motions of KINDS x 12 videos, each in its own group (own background), as (MOTIONS index, arrays)."""
     out = []
-    for label in range(8):
+    for label in KIND_LABELS:
         for n in range(12):
             out.append((label, synthetic.render_video(label, 7, n + 1, 1, frames=12, size=32, fps=25.0)))
     return out
@@ -150,7 +160,7 @@ def _wrapped_steps(a: np.ndarray, n: int) -> np.ndarray:
 
 
 def test_appearance_is_near_chance_while_centroid_motion_predicts_the_class(rendered):
-    y = np.array([label for label, _ in rendered])
+    y = np.array([_kind(label) for label, _ in rendered])
     appearance = {"frame colour": [], "object colour": [], "object size": [], "contrast": []}
     motion = []
     for _, v in rendered:
@@ -189,7 +199,7 @@ def test_dis_optical_flow_sees_the_motion(rendered):
             r2 = (ox**2 + oy**2).mean()
             per_step.append([u.mean(), w.mean(), (ox * w - oy * u).mean() / r2, (ox * u + oy * w).mean() / r2])
         features.append(np.median(per_step, axis=0))
-        y.append(label)
+        y.append(_kind(label))
     features, y = np.array(features), np.array(y)
     mean = np.stack([features[y == k].mean(0) for k in range(8)])  # columns: u, v, curl, divergence
     assert mean[0, 0] < -0.3 and mean[1, 0] > 0.3 and mean[2, 1] < -0.3 and mean[3, 1] > 0.3  # left right up down
@@ -281,7 +291,11 @@ def test_load_refuses_a_folder_with_foreign_data(tmp_path):
 
 @pytest.mark.parametrize(
     ("key", "value", "message"),
-    [("size", 33, "size must be even"), ("classes", 11, "classes must be"), ("videos_per_class", 1, ">= 2")],
+    [
+        ("size", 33, "size must be even"),
+        ("classes", len(synthetic.MOTIONS) + 1, "classes must be"),
+        ("videos_per_class", 1, ">= 2"),
+    ],
 )
 def test_bad_settings_are_user_errors(tmp_path, key, value, message):
     with pytest.raises(UserError, match=message):

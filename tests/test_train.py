@@ -48,7 +48,7 @@ def test_loss_falls(synthetic_root, tmp_path):
     run = tmp_path / "in_batch"
     over = {"run.dir": run, "train.max_steps": 24, "objective.negatives": "in_batch", "train.batch_size": 8,
             "optim.lr": 3e-3, "optim.schedule": "constant", "optim.warmup_steps": 0, "objective.K": 16,
-            "data.workers": 1}  # fmt: skip
+            "data.workers": 1, "views.rgb.encoder": "small3d", "views.flow.encoder": "small3d"}  # fmt: skip
     train(load_config(SYNTHETIC, tiny(synthetic_root, **over)))
     losses = [r["loss"] for _, r in sorted(metrics(run).items())]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
