@@ -30,10 +30,12 @@ def test_eval_commands_on_official_layouts(dataset, checkpoint, tmp_path):
     else:
         make_hmdb51_tree(root, videos=6, frames=8, size=32)
     config = str(CONFIG_DIR / f"{dataset}_rgb_flow.yaml")
-    common = [f"dataset.root={root}", f"checkpoint={checkpoint}", "eval.views=[rgb]", "views.rgb.encoder=small3d_gn", "views.rgb.width=16",
-              "views.rgb.resolution=null", "data.frames=4", "data.size=32", "data.workers=0", "eval.clips=2",
-              "eval.crops=1", "eval.linear.epochs=5", "eval.finetune.epochs=1", "eval.finetune.batch_size=4",
-              "eval.retrieval.ks=[1,2,5]"]  # fmt: skip
+    common = [
+        f"dataset.root={root}", f"checkpoint={checkpoint}", "eval.views=[rgb]", "views.rgb.encoder=small3d_gn",
+        "views.rgb.width=16", "views.rgb.resolution=null", "data.frames=4", "data.size=32", "data.workers=0",
+        "eval.clips=2", "eval.crops=1", "eval.linear.epochs=5", "eval.finetune.epochs=1",
+        "eval.finetune.batch_size=4", "eval.retrieval.ks=[1,2,5]",
+    ]  # fmt: skip
     results = {}
     for task in ("linear", "finetune", "retrieval"):
         out = tmp_path / f"{dataset}-{task}"
