@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import pytest
 
 from mvcoding.cli import main
@@ -70,4 +68,3 @@ def test_views_command_lists_builtins(capsys):
     assert main(["views"]) == 0
     out = capsys.readouterr().out
     assert "rgb" in out and "flow" in out and "mvcoding.views" in out
-    assert Path  # keep import used
