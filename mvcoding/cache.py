@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from mvcoding.errors import UserError
+from mvcoding.files import write_text_atomic
 
 FORMAT_VERSION = 1
 INFO_KEYS = ("source_root",)  # recorded, not compared
@@ -87,9 +88,7 @@ def read_provenance(path: Path) -> dict | None:
 
 
 def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def ensure_provenance(path: Path, provenance: dict) -> None:

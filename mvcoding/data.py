@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mvcoding.errors import UserError
+from mvcoding.files import write_text_atomic
 from mvcoding.registry import Clip, View
 from mvcoding.transforms import sample_aug
 from mvcoding.video import video_info
@@ -39,9 +40,7 @@ def video_lengths(records, cache_dir: str | Path) -> dict[str, tuple[int, float]
             for r, info in zip(todo, pool.map(lambda r: video_info(r.path)[:2], todo), strict=True):
                 known[r.video_id] = info
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(known))
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(known))
     return {r.video_id: tuple(known[r.video_id]) for r in records}
 
 

@@ -162,5 +162,5 @@ def build_view(name: str, ctx: ViewContext, **settings) -> View:
             f"unknown setting views.{name}.{unknown[0]}; valid settings for view {name!r}: {', '.join(sorted(valid))}"
         )
     view = _VIEWS[name](ctx=ctx, **settings)
-    view.settings = {**{k: v for k, v in valid.items()}, **settings}
+    view.settings = valid | settings
     return view

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from mvcoding.errors import UserError
+from mvcoding.files import save_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -110,20 +110,6 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write text under a temporary name, then rename: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def save_atomic(obj, path: Path) -> None:
-    """torch.save under a temporary name, then rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def progress(iterable: Iterable, *, desc: str, total: int | None = None) -> Iterator:
     """A tqdm bar on a terminal; elsewhere (logs, CI) a log line about every tenth of the way."""
     total = len(iterable) if total is None else total  # type: ignore[arg-type]
@@ -142,7 +128,7 @@ def progress(iterable: Iterable, *, desc: str, total: int | None = None) -> Iter
 def write_results(out: Path, record: dict) -> Path:
     """results.json in `out` (see the module docstring); floats rounded to 6 digits."""
     path = out / "results.json"
-    write_atomic(path, json.dumps(_rounded(record), indent=2) + "\n")
+    write_text_atomic(path, json.dumps(_rounded(record), indent=2) + "\n")
     return path
 
 
@@ -178,7 +164,7 @@ def write_summary(out: Path, record: dict, *, files: Sequence[str], notes: Seque
         "",
     ]
     path = out / "summary.md"
-    write_atomic(path, "\n".join(lines))
+    write_text_atomic(path, "\n".join(lines))
     return path
 
 

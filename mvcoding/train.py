@@ -24,6 +24,7 @@ from mvcoding.config import run_dir
 from mvcoding.data import EpochSampler, MultiViewClips, make_loader, video_lengths
 from mvcoding.datasets import load_dataset
 from mvcoding.errors import UserError
+from mvcoding.files import save_atomic
 from mvcoding.model import MultiViewModel, build_views
 from mvcoding.objectives import CMCObjective, PredictiveDecoder, predictive_loss
 
@@ -64,14 +65,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-
-
-def save_atomic(obj: dict, path: Path) -> None:
-    """torch.save to a temporary name, then rename: a kill during the save never breaks `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def find_resume(cfg: DictConfig, out: Path) -> Path | None:

@@ -45,6 +45,7 @@ from mvcoding import reports
 from mvcoding.data import EpochSampler, MultiViewClips, make_loader, video_lengths
 from mvcoding.datasets import DatasetIndex, load_dataset
 from mvcoding.errors import UserError
+from mvcoding.files import save_atomic
 from mvcoding.model import build_views
 from mvcoding.registry import Aug, View
 from mvcoding.reports import (  # noqa: F401  (the metric functions and fuse are part of this module's API)
@@ -252,7 +253,7 @@ def clip_features(s: EvalSetup, out: Path) -> dict:
         feats[split] = run_clips(s.encoders, loader, s.device, desc=f"features {split}")
     log.info("features: train %s, test %s (clips x crops x dim) in %.0f s",
              tuple(feats["train"]["x"].shape), tuple(feats["test"]["x"].shape), time.perf_counter() - t0)  # fmt: skip
-    reports.save_atomic(json.loads(json.dumps({"key": key})) | {k: feats[k] for k in ("train", "test")}, path)
+    save_atomic(json.loads(json.dumps({"key": key})) | {k: feats[k] for k in ("train", "test")}, path)
     return feats
 
 
@@ -342,7 +343,7 @@ def linear_probe(cfg: DictConfig, checkpoint: str | None, out: Path, random_init
     with torch.no_grad():
         scores = clf(((test["x"] - mean) / std).to(s.device)).cpu()  # (N_test, K, C)
     weights = {"weight": clf.weight.detach().cpu(), "bias": clf.bias.detach().cpu(), "mean": mean, "std": std}
-    reports.save_atomic(weights | {"views": list(s.views), "classes": s.index.classes}, out / "classifier.pt")
+    save_atomic(weights | {"views": list(s.views), "classes": s.index.classes}, out / "classifier.pt")
     lc = cfg.eval.linear
     proto = protocol(s, s.views, train_clips=int(cfg.eval.train_clips), epochs=int(lc.epochs), lr=lc.lr,
                      weight_decay=lc.weight_decay, batch_size=lc.batch_size,
@@ -404,7 +405,7 @@ def finetune(cfg: DictConfig, out: Path) -> dict:
                  100 * rec["train_top1"])  # fmt: skip
         log_metrics(out, rec)
 
-    reports.save_atomic({"encoder": encoder.state_dict(), "head": head.state_dict(), "view": name,
+    save_atomic({"encoder": encoder.state_dict(), "head": head.state_dict(), "view": name,
                          "classes": s.index.classes}, out / "finetuned.pt")  # fmt: skip
     test = run_clips({name: model}, eval_loader(s, s.index.test, {name: s.views[name]}, int(cfg.eval.clips)),
                      s.device, desc="finetune test")  # fmt: skip

@@ -162,3 +162,20 @@ def test_four_views_train_on_the_core_graph(four_root, tmp_path):
     over = {"run.dir": tmp_path / "core", "train.max_steps": 2, "objective.graph": "core", "objective.anchor": "rgb"}
     run = train(load_config(FOUR, tiny(four_root, **over)))
     assert pairs_logged(run) == {frozenset(("rgb", v)) for v in ("flow", "depth", "audio")}
+
+
+def test_cached_window_past_the_end_repeats_the_last_frame():
+    import numpy as np
+
+    from mvcoding.registry import Clip
+    from mvcoding.views.flow import read_cached
+
+    frames = np.arange(10 * 2 * 2 * 2, dtype=np.uint8).reshape(10, 2, 2, 2)  # (T, C, H, W)
+
+    class Reader:
+        def read(self, video_id, start, stop, step):
+            return frames[start:stop:step]
+
+    x = read_cached(Reader(), Clip("v", "v.avi", 4, 4, 2, 25.0, 10), offset=3)  # frames 7, 9, then past the end
+    assert x.shape == (2, 4, 2, 2)
+    assert x[:, 0].tolist() == frames[7].tolist() and all(x[:, t].tolist() == frames[9].tolist() for t in (1, 2, 3))

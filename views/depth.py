@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from mvcoding.cache import CacheReader, cache_settings
 from mvcoding.encoders import build_encoder
 from mvcoding.registry import Aug, View, ViewContext, register_view
 from mvcoding.transforms import crop_resize
-from mvcoding.views.flow import fill_command, read_cached
+from mvcoding.views.flow import open_cache, read_cached
 
 
 @register_view("depth")
@@ -44,13 +43,10 @@ def depth(
     # exactly what tools/precompute_depth.py hands cache_settings (its views.depth), so both find one cache
     settings = {"source": source, "folder": folder, "model": model, "hub_repo": hub_repo, "weights": weights,
                 "device": device, "resolution": resolution}  # fmt: skip
-    path, provenance = cache_settings(
-        cache_dir=ctx.cache_dir, dataset=ctx.dataset, modality="depth", settings=settings, root=ctx.root
-    )
-    reader = CacheReader(path, expect=provenance, fill_command=fill_command("depth"))
+    reader, check = open_cache(ctx, "depth", settings)
 
     def transform(x: torch.Tensor, aug: Aug) -> torch.Tensor:
-        x = crop_resize(x.float() / 255, aug.crop, size)  # (1, T, size, size)
+        x = crop_resize(x, aug.crop, size).float() / 255  # (1, T, size, size); resize the bytes: cheaper
         return x.flip(-1) if aug.flip else x
 
     return View(
@@ -59,5 +55,5 @@ def depth(
         decode=lambda clip: read_cached(reader, clip, offset),
         transform=transform,
         build_encoder=lambda: build_encoder(encoder, in_channels=1, width=width),
-        check=lambda records: reader.check([r.video_id for r in records], fill_command("depth")),
+        check=check,
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 
 from mvcoding.cache import CacheReader, cache_settings, dequantize
@@ -16,12 +19,22 @@ def read_cached(reader: CacheReader, clip: Clip, offset: int = 0) -> torch.Tenso
     stop = min(start + (clip.num_frames - 1) * clip.stride + 1, clip.video_frames)
     x = reader.read(clip.video_id, start, stop, clip.stride)  # (T', C, H, W)
     if x.shape[0] < clip.num_frames:  # the offset ran past the end: repeat the last frame
-        x = torch.cat([torch.from_numpy(x), torch.from_numpy(x[-1:]).expand(clip.num_frames - x.shape[0], -1, -1, -1)])
-    return torch.as_tensor(x).permute(1, 0, 2, 3)
+        x = np.concatenate([x, np.repeat(x[-1:], clip.num_frames - x.shape[0], axis=0)])
+    return torch.from_numpy(x).permute(1, 0, 2, 3)  # (C, T, H, W)
 
 
 def fill_command(modality: str) -> str:
     return f"python tools/precompute_{modality}.py CONFIG.yaml dataset.root=... (the same config and overrides)"
+
+
+def open_cache(ctx: ViewContext, modality: str, settings: dict) -> tuple[CacheReader, Callable]:
+    """The reader of the cache that tools/precompute_<modality>.py fills for these settings, and the
+    view's `check(records)`: the same cache_settings call as the tool, so both name one cache."""
+    path, provenance = cache_settings(
+        cache_dir=ctx.cache_dir, dataset=ctx.dataset, modality=modality, settings=settings, root=ctx.root
+    )
+    reader = CacheReader(path, expect=provenance, fill_command=fill_command(modality))
+    return reader, lambda records: reader.check([r.video_id for r in records], fill_command(modality))
 
 
 @register_view("flow")
@@ -41,10 +54,7 @@ def flow(
     (algorithm, resolution); values clipped to +-bound pixels, fed to the encoder as flow / bound."""
     size = size or ctx.size
     settings = {"algorithm": algorithm, "params": params, "resolution": resolution, "bound": bound}
-    path, provenance = cache_settings(
-        cache_dir=ctx.cache_dir, dataset=ctx.dataset, modality="flow", settings=settings, root=ctx.root
-    )
-    reader = CacheReader(path, expect=provenance, fill_command=fill_command("flow"))
+    reader, check = open_cache(ctx, "flow", settings)
 
     def transform(x: torch.Tensor, aug: Aug) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -62,5 +72,5 @@ def flow(
         decode=lambda clip: read_cached(reader, clip, offset),
         transform=transform,
         build_encoder=lambda: build_encoder(encoder, in_channels=2, width=width),
-        check=lambda records: reader.check([r.video_id for r in records], fill_command("flow")),
+        check=check,
     )
