@@ -4,6 +4,7 @@ mvcoding train CONFIG.yaml [key=value ...]
 mvcoding eval {linear,finetune,retrieval} CONFIG.yaml checkpoint=PATH [key=value ...]
 mvcoding eval fuse RESULT_A RESULT_B
 mvcoding demo [key=value ...]
+mvcoding sweep SPEC.yaml [--only CELL ...] [--dry-run | --report] [--out DIR]
 mvcoding views
 """
 
@@ -31,6 +32,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     d = sub.add_parser("demo", help="synthetic data -> flow cache -> CMC pretraining -> linear probe, on the CPU")
     d.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
     sub.add_parser("views", help="list the registered views and where they come from")
+    s = sub.add_parser("sweep", help="cells (config + overrides) x seeds: pretrain, evaluate, table and plot")
+    s.add_argument("spec", help="sweep spec YAML (format: mvcoding/sweep.py, README 'Experiments')")
+    s.add_argument("--only", nargs="+", action="extend", metavar="CELL", help="cells whose name contains CELL")
+    mode = s.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="list the cells and validate their configs")
+    mode.add_argument("--report", action="store_true", help="only rebuild the table and the plot")
+    s.add_argument("--out", default=None, metavar="DIR", help="the sweep folder (default runs/sweep-<name>)")
     return p.parse_args(argv)
 
 
@@ -60,6 +68,10 @@ def run(args: argparse.Namespace) -> None:
         from mvcoding.demo import demo
 
         demo(args.overrides)
+    elif args.command == "sweep":
+        from mvcoding.sweep import sweep
+
+        sweep(args.spec, only=args.only, dry_run_only=args.dry_run, report_only=args.report, out=args.out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; rerun with resume=auto to continue", file=sys.stderr)
+        hint = "rerun the same command to resume" if args.command == "sweep" else "rerun with resume=auto to continue"
+        print(f"interrupted; {hint}", file=sys.stderr)
         return 130
     return 0

@@ -1,0 +1,151 @@
+"""`mvcoding sweep`: statistics, spec errors, and a tiny real 2-cell x 2-seed sweep end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import SYNTHETIC, tiny
+from mvcoding import sweep
+from mvcoding.cli import main
+
+FAST = {"train.max_steps": 2, "eval.linear.epochs": 3, "eval.clips": 1}
+CELLS = [
+    {"name": "rgb+flow (in-batch)", "group": "views", "overrides": ["objective.negatives=in_batch"]},
+    {"name": "random init", "group": "baseline", "pretrain": False},
+]
+
+
+def write_spec(path: Path, **spec) -> Path:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def record(cell: str, group: str, seed: int, top1: float | None, classes: int = 8) -> dict:
+    metrics = {"video_top1": top1, "clip_top1": None, "retrieval_r1": None, "pretrain_seconds": None}
+    return {"cell": cell, "group": group, "seed": seed, "num_classes": classes, "metrics": metrics}
+
+
+# ----------------------------------------------------------------------------- pure functions
+def test_mean_and_sample_std_against_hand_computed_values():
+    assert sweep.mean([0.5, 0.7, 0.9]) == pytest.approx(0.7)
+    assert sweep.sample_std([0.5, 0.7, 0.9]) == pytest.approx(0.2)  # sqrt((0.04 + 0 + 0.04) / 2)
+    assert sweep.sample_std([1.0, 2.0, 3.0, 4.0]) == pytest.approx(math.sqrt(5 / 3))  # ddof=1, not sqrt(5 / 4)
+    assert sweep.mean([0.3]) == 0.3 and sweep.sample_std([0.3]) is None  # one seed: no std
+    assert sweep.mean([]) is None and sweep.mean([None, 0.4]) == 0.4 and sweep.sample_std([None, 0.1, 0.3]) > 0
+    assert sweep.format_pm(0.725, 0.031) == "72.5 ± 3.1"
+    assert sweep.format_pm(0.5, None) == "50.0 ± n/a" and sweep.format_pm(None, None) == "n/a"
+
+
+def test_summarize_groups_the_cells_and_averages_over_seeds():
+    records = [
+        record("A", "g1", 0, 0.5),
+        record("B", "g2", 0, 0.1),
+        record("A", "g1", 1, 0.7),
+        record("C", "g1", 0, 0.3),
+    ]
+    rows = sweep.summarize(records)
+    assert [r["cell"] for r in rows] == ["A", "C", "B"]  # the groups stay together, in order of first appearance
+    a, c = rows[0], rows[1]
+    assert a["n"] == 2 and a["seeds"] == [0, 1] and a["video_top1"]["values"] == [0.5, 0.7]
+    assert a["video_top1"]["mean"] == pytest.approx(0.6) and a["video_top1"]["std"] == pytest.approx(math.sqrt(0.02))
+    assert c["n"] == 1 and c["video_top1"]["std"] is None and a["clip_top1"]["mean"] is None
+    assert sweep.chance(records) == 0.125 and sweep.chance([*records, record("D", "g3", 0, 0.2, classes=4)]) is None
+
+
+def test_overrides_merge_with_the_cells_winning_and_names_become_folders():
+    assert sweep.merge_overrides(["a=1", "b=2"], ["++a=3", "c=4"]) == ["b=2", "++a=3", "c=4"]
+    assert sweep.slug("rgb+flow (in-batch)") == "rgb-flow-in-batch"
+
+
+# ----------------------------------------------------------------------------- bad specs
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (None, "not found"),
+        ({"config": SYNTHETIC, "cells": []}, "has no cells"),
+        ({"config": SYNTHETIC, "cells": [{"name": "a"}, {"name": "a"}]}, "distinct name"),
+        ({"config": SYNTHETIC, "sedes": [0], "cells": [{"name": "a"}]}, "unknown key 'sedes'"),
+        ({"config": SYNTHETIC, "cells": [{"name": "a", "overides": []}]}, "unknown key 'overides' in cell 'a'"),
+        ({"config": SYNTHETIC, "cells": [{"name": "a", "overrides": ["seed=3"]}]}, "use seeds:"),
+        ({"config": "configs/nope.yaml", "cells": [{"name": "a"}]}, "configs/nope.yaml not found"),
+        ({"config": SYNTHETIC, "cells": [{"name": "a", "overrides": ["train.epoch=3"]}]}, "cell 'a': bad config"),
+    ],
+)
+def test_a_bad_spec_is_one_line_and_exit_2(tmp_path, capsys, spec, message):
+    path = tmp_path / "spec.yaml" if spec is None else write_spec(tmp_path / "spec.yaml", **spec)
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_prints_every_cell_with_its_overrides_and_runs_nothing(tmp_path, capsys):
+    spec = write_spec(tmp_path / "spec.yaml", config=SYNTHETIC, overrides=["train.epochs=3"], seeds=[0, 1], cells=CELLS)
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 cells x 2 seeds = 4 runs" in out
+    assert "[views] rgb+flow (in-batch)" in out and "train.epochs=3 objective.negatives=in_batch seed=<s>" in out
+    assert "[baseline] random init" in out and "eval.random_init=true" in out
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- a real tiny sweep
+def test_a_tiny_sweep_writes_every_file_and_reruns_only_what_is_missing(tmp_path, synthetic_root, caplog):
+    caplog.set_level(logging.INFO, logger="mvcoding.sweep")
+    overrides = tiny(synthetic_root, **FAST)
+    spec = write_spec(
+        tmp_path / "spec.yaml", name="tiny", config=SYNTHETIC, overrides=overrides, seeds=[0, 1], cells=CELLS
+    )
+    out = tmp_path / "out"
+    assert main(["sweep", str(spec), "--out", str(out)]) == 0
+
+    cells = {(c, s): out / c / f"seed{s}" / "cell.json" for c in ("rgb-flow-in-batch", "random-init") for s in (0, 1)}
+    for (c, s), path in cells.items():
+        rec = json.loads(path.read_text())
+        assert rec["seed"] == s and rec["num_classes"] == 8 and rec["pretrain"] == (c != "random-init")
+        for key in ("video_top1", "clip_top1", "retrieval_r1"):
+            assert 0.0 <= rec["metrics"][key] <= 1.0
+        assert (rec["metrics"]["pretrain_seconds"] is None) == (c == "random-init")
+        assert (path.parent / "checkpoints" / "last.pt").is_file() == (c != "random-init")
+        assert (path.parent / "eval-linear" / "results.json").is_file()
+        assert (path.parent / "eval-retrieval" / "results.json").is_file()
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["cell"], r["seed"]) for r in rows] == [
+        ("rgb+flow (in-batch)", "0"),
+        ("rgb+flow (in-batch)", "1"),
+        ("random init", "0"),
+        ("random init", "1"),
+    ]
+    summary = json.loads((out / "results.json").read_text())
+    assert [(c["cell"], c["n"]) for c in summary["cells"]] == [("rgb+flow (in-batch)", 2), ("random init", 2)]
+    assert summary["chance"] == 0.125
+    table = (out / "table.md").read_text().splitlines()
+    body = [line for line in table if line.startswith("| views") or line.startswith("| baseline")]
+    assert len(body) == 2 and all("| 2 |" in line and " ± " in line for line in body)
+    assert "objective.negatives=in_batch" in body[0] and "eval.random_init=true" in body[1]
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sum("sweep 4/4: random init seed 1 ..." in r.getMessage() for r in caplog.records) == 1
+
+    # a rerun skips every finished cell; without one cell.json, only that cell runs again
+    stamps = {k: p.stat().st_mtime_ns for k, p in cells.items()}
+    caplog.clear()
+    assert main(["sweep", str(spec), "--out", str(out)]) == 0
+    assert {k: p.stat().st_mtime_ns for k, p in cells.items()} == stamps
+    assert sum(r.getMessage().endswith("skipped") for r in caplog.records) == 4
+    cells["rgb-flow-in-batch", 1].unlink()
+    caplog.clear()
+    assert main(["sweep", str(spec), "--out", str(out)]) == 0
+    changed = {k for k, p in cells.items() if p.stat().st_mtime_ns != stamps.get(k)}
+    assert changed == {("rgb-flow-in-batch", 1)}
+    assert sum(r.getMessage().endswith("skipped") for r in caplog.records) == 3
+
+    (out / "table.md").unlink()
+    assert main(["sweep", str(spec), "--out", str(out), "--report"]) == 0
+    assert (out / "table.md").read_text().splitlines() == table
