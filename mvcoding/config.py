@@ -59,7 +59,7 @@ def check_config(cfg: DictConfig) -> None:
     views = list(cfg.views or {})
     o = cfg.objective
     choices = {
-        "objective.name": (o.name, ("cmc", "predictive")),
+        "objective.name": (o.name, ("cmc", "predictive", "supervised")),
         "objective.graph": (o.graph, ("core", "full")),
         "objective.negatives": (o.negatives, ("memory_bank", "in_batch")),
         "objective.score": (o.score, ("softmax", "nce")),

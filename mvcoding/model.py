@@ -30,6 +30,7 @@ class MultiViewModel(nn.Module):
     """One encoder f_i and one linear projection head per view.
 
     forward(batch) -> {view: z (B, D)}, L2-normalised embeddings; features(batch) -> {view: (B, F)}.
+    Both take `views`, a subset of the model's views to run (default: all of them).
     """
 
     def __init__(self, views: dict[str, View], dim: int):
@@ -37,8 +38,16 @@ class MultiViewModel(nn.Module):
         self.encoders = nn.ModuleDict({n: v.build_encoder() for n, v in views.items()})
         self.heads = nn.ModuleDict({n: nn.Linear(e.feat_dim, dim) for n, e in self.encoders.items()})
 
-    def features(self, batch: dict) -> dict:
-        return {n: enc(batch[n]) for n, enc in self.encoders.items()}
+    def features(self, batch: dict, views: list[str] | None = None) -> dict:
+        """{view: (B, F)}: the encoder features of batch[view] for each of `views`."""
+        return {n: self.encoders[n](batch[n]) for n in (self.encoders if views is None else views)}
 
-    def forward(self, batch: dict) -> dict:
-        return {n: nn.functional.normalize(self.heads[n](f), dim=1) for n, f in self.features(batch).items()}
+    def forward(self, batch: dict, views: list[str] | None = None, *, embed: bool = True) -> dict:
+        """{view: z (B, D)}, L2-normalised projections of the features; embed=False: the features (B, F).
+
+        The one entry point of every objective, so that DistributedDataParallel sees each forward.
+        """
+        features = self.features(batch, views)
+        if not embed:
+            return features
+        return {n: nn.functional.normalize(self.heads[n](f), dim=1) for n, f in features.items()}

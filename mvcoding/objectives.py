@@ -4,6 +4,14 @@ Pure functions on tensors do the arithmetic; `CMCObjective` holds the state (one
 view, running estimates of the NCE normalising constant) and sums the loss over the view graph.
 `PredictiveDecoder` and `predictive_loss` are the cross-view prediction baseline.
 
+The trainer sees every objective (`build_objective`: cmc, predictive, supervised) through one
+interface, an nn.Module whose parameters are its own trainable ones (a decoder, a classifier) and
+whose state_dict is its whole state (banks, log Z, decoder):
+    loss, stats = objective.loss(model, batch, generator)   # model: a MultiViewModel (or its DDP wrapper)
+    ... backward, optimiser step ...
+    objective.update()                                      # CMC: the memory banks; others: nothing
+`uses_whole_model` says whether every model parameter gets a gradient (else DDP must look for unused ones).
+
 Shapes: B batch, D embedding size, K negatives per anchor, N dataset size (rows of a bank).
 Embeddings z are L2-normalised. Scores are exp(z_i . z_j / tau); logits are z_i . z_j / tau.
 """
@@ -214,6 +222,7 @@ class CMCObjective(nn.Module):
         self.graph, self.negatives, self.score = graph, negatives, score
         self.n_data, self.K, self.tau = n_data, K, tau
         self.momentum, self.z_momentum = momentum, z_momentum
+        self._last: tuple[dict[str, Tensor], Tensor] | None = None  # (z, index) of the last loss(), for update()
 
         self.banks = nn.Module()
         if negatives == "memory_bank":
@@ -285,12 +294,28 @@ class CMCObjective(nn.Module):
             log_z = torch.where(torch.isneginf(self.log_z[p, d]), log_z_batch, self.log_z[p, d])
         return nce_binary_loss(logits, log_z, self.n_data)
 
+    uses_whole_model = True  # model(batch) runs every encoder and head
+
+    def loss(
+        self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        """forward() on the embeddings model(batch) {view: (B, D)} and batch["index"] (B,).
+
+        Keeps the detached embeddings and indices for the next `update()`.
+        """
+        z = {n: v.float() for n, v in model(batch).items()}  # (B, D) per view
+        self._last = ({n: v.detach() for n, v in z.items()}, batch["index"])
+        return self(z, batch["index"], generator=generator)
+
     @torch.no_grad()
-    def update(self, z: dict[str, Tensor], index: Tensor) -> None:
+    def update(self, z: dict[str, Tensor] | None = None, index: Tensor | None = None) -> None:
         """Momentum update of every view's bank with the embeddings and indices of all ranks.
 
-        z: {view: (B, D)}, index: (B,). All ranks end with identical banks. No-op for in_batch.
+        z: {view: (B, D)}, index: (B,); by default those of the last `loss` call (the trainer calls
+        `update()` after the optimiser step). All ranks end with identical banks. No-op for in_batch.
         """
+        if z is None:
+            (z, index), self._last = self._last, None
         if self.negatives != "memory_bank":
             return
         index = all_gather_cat(index)  # (B * world,)
@@ -348,3 +373,108 @@ def predictive_loss(pred: Tensor, target: Tensor, kind: str = "l1") -> Tensor:
     if kind == "l2":
         return F.mse_loss(pred, target)
     raise UserError(f"predictive loss kind={kind!r} is not one of ['l1', 'l2']")
+
+
+class PredictiveObjective(nn.Module):
+    """Cross-view prediction: a decoder regresses the `target` view's input from the `source` view's
+    encoder features, with an L1 or L2 loss (the paper's baseline against CMC).
+
+    loss(model, batch) -> (loss, {"loss/source->target": value}); update() does nothing.
+    """
+
+    uses_whole_model = False  # only the source encoder, no projection head
+
+    def __init__(
+        self, *, source: str, target: str, kind: str, in_features: int, out_shape: tuple[int, int, int, int]
+    ) -> None:
+        super().__init__()
+        if kind not in ("l1", "l2"):
+            raise UserError(f"objective.predict.loss={kind!r} is not valid; choose one of: l1, l2")
+        self.source, self.target, self.kind = source, target, kind
+        self.decoder = PredictiveDecoder(in_features=in_features, out_shape=out_shape)
+
+    def loss(
+        self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        """batch: {source: (B, ...), target: (B, C, T, H, W), ...}. `generator` is unused."""
+        features = model(batch, views=[self.source], embed=False)[self.source]  # (B, F)
+        pred = self.decoder(features).float()  # (B, C, T, H, W)
+        loss = predictive_loss(pred, batch[self.target].float(), self.kind)
+        return loss, {f"loss/{self.source}->{self.target}": loss.item()}
+
+    def update(self) -> None:
+        """Nothing to update after the optimiser step."""
+
+
+class SupervisedObjective(nn.Module):
+    """Cross-entropy of a linear classifier on one view's encoder features against batch["label"]:
+    the same encoder trained with the labels, the supervised upper bound of the comparison.
+
+    loss(model, batch) -> (loss, {"loss/view->label": value, "train_top1": batch accuracy}).
+    """
+
+    uses_whole_model = False  # only this view's encoder, no projection head
+
+    def __init__(self, *, view: str, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.view = view
+        self.classifier = nn.Linear(in_features, num_classes)
+
+    def loss(
+        self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        """batch: {view: (B, ...), "label": (B,) class indices, ...}. `generator` is unused."""
+        features = model(batch, views=[self.view], embed=False)[self.view]  # (B, F)
+        logits = self.classifier(features).float()  # (B, classes)
+        loss = F.cross_entropy(logits, batch["label"])
+        top1 = (logits.detach().argmax(1) == batch["label"]).float().mean()
+        value, acc = torch.stack([loss.detach(), top1]).tolist()  # one host sync
+        return loss, {f"loss/{self.view}->label": value, "train_top1": acc}
+
+    def update(self) -> None:
+        """Nothing to update after the optimiser step."""
+
+
+# --- the factory --------------------------------------------------------------------------------
+
+OBJECTIVES = ("cmc", "predictive", "supervised")
+
+
+def build_objective(
+    o, views: list[str], model: nn.Module, *, n_data: int, sample_item: dict, num_classes: int
+) -> nn.Module:
+    """The objective that the `objective` config group `o` names, for `model` over `views`.
+
+    model: a MultiViewModel (its encoders' feature sizes); n_data: rows of a memory bank;
+    sample_item: one dataset item {view: (C, T, H, W), ...} (the shape a decoder predicts);
+    num_classes: the supervised classifier's outputs. The supervised objective trains the view
+    `objective.anchor`, so a config with that one view is enough.
+    """
+    views = list(views)
+    if o.name == "cmc":
+        keys = ("graph", "anchor", "negatives", "score", "dim", "K", "tau", "momentum", "z_momentum")
+        return CMCObjective(views=views, n_data=n_data, **{k: o[k] for k in keys})
+    if o.name == "predictive":
+        p = o.predict or {}
+        if p.get("source") not in views or p.get("target") not in views:
+            raise UserError(
+                f"objective.predict={dict(p)} must name a source and a target among the views {views}; "
+                "set objective.predict='{source: rgb, target: flow, loss: l1}'"
+            )
+        return PredictiveObjective(
+            source=p["source"],
+            target=p["target"],
+            kind=p.get("loss", "l1"),
+            in_features=model.encoders[p["source"]].feat_dim,
+            out_shape=tuple(sample_item[p["target"]].shape),
+        )
+    if o.name == "supervised":
+        if o.anchor not in views:
+            raise UserError(
+                f"objective.anchor={o.anchor!r} is the view objective.name=supervised trains; "
+                f"set it to one of the views {views}"
+            )
+        return SupervisedObjective(
+            view=o.anchor, in_features=model.encoders[o.anchor].feat_dim, num_classes=num_classes
+        )
+    raise UserError(f"objective.name={o.name!r} is not valid; choose one of: {', '.join(OBJECTIVES)}")

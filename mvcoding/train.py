@@ -2,31 +2,40 @@
 
 mvcoding train configs/synthetic_rgb_flow.yaml train.max_steps=50
 torchrun --nproc_per_node=2 -m mvcoding train configs/ucf101_rgb_flow.yaml dataset.root=...
+
+`setup` builds a `Run` (device, data, model, objective, optimiser) and restores a checkpoint;
+`checkpoint_state` and `restore` are the checkpoint; `train` is the loop, `train_step` one step of
+it, `end_of_epoch` what happens after each epoch. The objective (mvcoding.objectives: CMC, the
+predictive baseline, supervised) computes its loss from the model, so the loop has no branch on it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from mvcoding import distributed as dist
 from mvcoding.config import run_dir
 from mvcoding.data import EpochSampler, MultiViewClips, make_loader, video_lengths
-from mvcoding.datasets import load_dataset
+from mvcoding.datasets import DatasetIndex, load_dataset
 from mvcoding.errors import UserError
 from mvcoding.files import save_atomic
 from mvcoding.model import MultiViewModel, build_views
-from mvcoding.objectives import CMCObjective, PredictiveDecoder, predictive_loss
+from mvcoding.objectives import CMCObjective, build_objective
+from mvcoding.optim import build_optimizer, lr_factor
+from mvcoding.registry import View
 
 log = logging.getLogger(__name__)
 
@@ -37,24 +46,6 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={name} but no CUDA GPU is available; use device=cpu or device=auto")
     return torch.device(name)
-
-
-def lr_factor(step: int, total: int, cfg: DictConfig) -> float:
-    """Learning-rate multiplier at `step` of `total`: linear warmup, then cosine / step / constant."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "cosine":
-        progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    if cfg.schedule == "step":
-        return cfg.gamma ** sum(step >= m * total for m in cfg.milestones)
-    return 1.0
-
-
-def build_optimizer(params, cfg: DictConfig) -> torch.optim.Optimizer:
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def rng_state() -> dict:
@@ -78,31 +69,71 @@ def find_resume(cfg: DictConfig, out: Path) -> Path | None:
         if not path.is_file():
             raise UserError(f"resume={cfg.resume}: no checkpoint there; pass a .pt file or a run directory")
         return path
-    candidates = [out / "checkpoints" / "last.pt"] if cfg.run.dir else sorted(
-        Path("runs").glob(f"{cfg.name}-*/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime)  # fmt: skip
+    candidates = (
+        [out / "checkpoints" / "last.pt"]
+        if cfg.run.dir
+        else sorted(Path("runs").glob(f"{cfg.name}-*/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime)
+    )
     found = [p for p in candidates if p.is_file()]
     return found[-1] if found else None
 
 
-def train(cfg: DictConfig) -> Path:
-    """Pretrain the encoders of `cfg.views` with the configured objective; returns the run directory."""
+# --- setup --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Position:
+    """Where a run is: optimiser steps done, the current epoch, batches of that epoch done."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+
+@dataclass
+class Run:
+    """Everything a training run holds; built by `setup`."""
+
+    cfg: DictConfig
+    out: Path  # the run directory
+    device: torch.device
+    views: dict[str, View]
+    data: MultiViewClips
+    sampler: EpochSampler
+    loader: DataLoader
+    model: MultiViewModel  # the plain model: the checkpoint's "model", the encoders to evaluate
+    net: nn.Module  # what the objective calls: the model, DDP-wrapped under torchrun, maybe compiled
+    objective: nn.Module  # loss(), update(), its own parameters and state (mvcoding.objectives)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    neg_gen: torch.Generator  # draws the memory-bank negatives
+    total: int  # optimiser steps of the whole run
+    steps_per_epoch: int
+    amp: bool  # bf16 autocast
+    channels_last: bool
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [*self.model.parameters(), *self.objective.parameters()]
+
+
+def start_process(cfg: DictConfig) -> torch.device:
+    """The process group under torchrun, this process's device (its own GPU) and the seeds."""
     device = pick_device(cfg.device)
     dist.init_from_env(device)
-    rank, world = dist.rank(), dist.world_size()
-    if device.type == "cuda" and world > 1:
+    if device.type == "cuda" and dist.world_size() > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
+    return device
 
-    out = run_dir(cfg)
-    resume_path = find_resume(cfg, out)
-    if resume_path is not None and not cfg.run.dir:
-        out = resume_path.parent.parent
-    out = Path(dist.broadcast_object(str(out)))
 
-    views = build_views(cfg)  # first: a misspelt view setting fails before any data work
+def build_data(
+    cfg: DictConfig, views: dict[str, View], device: torch.device
+) -> tuple[DatasetIndex, MultiViewClips, EpochSampler, DataLoader]:
+    """(index, data, sampler, loader) of the training split; each rank loads its part of every global batch."""
     index = load_dataset(cfg.dataset)
     records = index.records("train")
     for view in views.values():
@@ -111,152 +142,266 @@ def train(cfg: DictConfig) -> Path:
     lengths = video_lengths(records, cfg.cache.dir) if dist.is_main() else None
     dist.barrier()
     lengths = lengths or video_lengths(records, cfg.cache.dir)
-    data = MultiViewClips(records, views, lengths, frames=cfg.data.frames, stride=cfg.data.stride, train=True,
-                          scale=cfg.data.scale, flip=cfg.data.flip, seed=cfg.seed,
-                          shared_crop=cfg.data.shared_crop)  # fmt: skip
-    b, global_b = cfg.train.batch_size, cfg.train.batch_size * world
-    if len(data) < global_b:
+    data = MultiViewClips(
+        records,
+        views,
+        lengths,
+        frames=cfg.data.frames,
+        stride=cfg.data.stride,
+        train=True,
+        scale=cfg.data.scale,
+        flip=cfg.data.flip,
+        seed=cfg.seed,
+        shared_crop=cfg.data.shared_crop,
+    )
+    b, world = cfg.train.batch_size, dist.world_size()
+    if len(data) < b * world:
         raise UserError(f"train.batch_size={b} x {world} processes exceeds the {len(data)} training videos")
-    sampler = EpochSampler(len(data), seed=cfg.seed, shuffle=True, rank=rank, world=world, batch_size=b)
+    sampler = EpochSampler(len(data), seed=cfg.seed, shuffle=True, rank=dist.rank(), world=world, batch_size=b)
     pin = device.type == "cuda" if cfg.data.pin_memory == "auto" else bool(cfg.data.pin_memory)
-    loader = make_loader(data, sampler, batch_size=b, workers=cfg.data.workers, prefetch=cfg.data.prefetch,
-                         pin_memory=pin, drop_last=True)  # fmt: skip
-    steps_per_epoch = len(data) // global_b
-    total = cfg.train.epochs * steps_per_epoch
-    if cfg.train.max_steps:
-        total = min(total, cfg.train.max_steps)
+    loader = make_loader(
+        data,
+        sampler,
+        batch_size=b,
+        workers=cfg.data.workers,
+        prefetch=cfg.data.prefetch,
+        pin_memory=pin,
+        drop_last=True,
+    )
+    return index, data, sampler, loader
 
-    o = cfg.objective
-    model = MultiViewModel(views, o.dim).to(device)
+
+def wrap_model(run: Run) -> nn.Module:
+    """The module the objective calls: DistributedDataParallel under torchrun; compiled with train.compile."""
+    net = run.model
+    if dist.world_size() > 1:
+        net = nn.parallel.DistributedDataParallel(
+            net,
+            device_ids=[run.device.index] if run.device.type == "cuda" else None,
+            find_unused_parameters=not run.objective.uses_whole_model,  # e.g. supervised: one encoder, no head
+        )
+    return torch.compile(net) if run.cfg.train.compile else net
+
+
+def setup(cfg: DictConfig) -> tuple[Run, Position]:
+    """Build the run of `cfg` and restore its checkpoint when resuming; returns the run and where it stands."""
+    device = start_process(cfg)
+    out = run_dir(cfg)
+    resume_path = find_resume(cfg, out)
+    if resume_path is not None and not cfg.run.dir:
+        out = resume_path.parent.parent
+    out = Path(dist.broadcast_object(str(out)))
+
+    views = build_views(cfg)  # first: a misspelt view setting fails before any data work
+    index, data, sampler, loader = build_data(cfg, views, device)
+    steps_per_epoch = len(data) // (cfg.train.batch_size * dist.world_size())
+    total = min(cfg.train.epochs * steps_per_epoch, cfg.train.max_steps or math.inf)
+
+    model = MultiViewModel(views, cfg.objective.dim).to(device)
     channels_last = cfg.train.channels_last == "auto" and device.type == "cuda" or cfg.train.channels_last is True
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
-    decoder = None
-    if o.name == "predictive":
-        p = o.predict
-        item = data[0]
-        decoder = PredictiveDecoder(
-            in_features=model.encoders[p.source].feat_dim, out_shape=tuple(item[p.target].shape)
-        )
-        decoder = decoder.to(device)
-        objective = None
-    else:
-        objective = CMCObjective(views=list(views), graph=o.graph, anchor=o.anchor, negatives=o.negatives,
-                                 score=o.score, n_data=len(data), dim=o.dim, K=o.K, tau=o.tau,
-                                 momentum=o.momentum, z_momentum=o.z_momentum).to(device)  # fmt: skip
-    params = list(model.parameters()) + (list(decoder.parameters()) if decoder is not None else [])
-    optimizer = build_optimizer(params, cfg.optim)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, cfg.optim))
-    neg_gen = torch.Generator().manual_seed(cfg.seed + 1)
-
-    step, epoch, batch_in_epoch = 0, 0, 0
-    if resume_path is not None:
-        ckpt = torch.load(resume_path, map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        if objective is not None:
-            objective.load_state_dict(ckpt["objective"])
-        if decoder is not None:
-            decoder.load_state_dict(ckpt["decoder"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        neg_gen.set_state(ckpt["neg_gen"])
-        set_rng_state(ckpt["rng"])
-        step, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
-        if dist.is_main():
-            log.info("resumed from %s at step %d (epoch %d, batch %d)", resume_path, step, epoch, batch_in_epoch)
-
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if cfg.train.compile:
-        net = torch.compile(net)
+    objective = build_objective(
+        cfg.objective, list(views), model, n_data=len(data), sample_item=data[0], num_classes=len(index.classes)
+    ).to(device)
+    o = cfg.optim
+    params = [*model.parameters(), *objective.parameters()]
+    optimizer = build_optimizer(params, o.name, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, o.schedule, o.warmup_steps, o.milestones, o.gamma)
+    )
     amp = (cfg.train.amp == "auto" and device.type == "cuda") or cfg.train.amp == "bf16"
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+    run = Run(
+        cfg=cfg,
+        out=out,
+        device=device,
+        views=views,
+        data=data,
+        sampler=sampler,
+        loader=loader,
+        model=model,
+        net=model,
+        objective=objective,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        neg_gen=torch.Generator().manual_seed(cfg.seed + 1),
+        total=total,
+        steps_per_epoch=steps_per_epoch,
+        amp=amp,
+        channels_last=channels_last,
+    )
 
+    pos = restore(run, resume_path) if resume_path is not None else Position()
+    run.net = wrap_model(run)  # after restore: every rank holds the checkpoint's weights
     if dist.is_main():
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, out / "config.yaml")
-        log.info("run directory %s: %d videos, %d steps/epoch, %d steps, device %s, %d process(es)",
-                 out, len(data), steps_per_epoch, total, device, world)  # fmt: skip
-    logger = MetricsLogger(out) if dist.is_main() else None
+        log.info(
+            "run directory %s: %d videos, %d steps/epoch, %d steps, objective %s, device %s, %d process(es)",
+            out,
+            len(data),
+            steps_per_epoch,
+            total,
+            cfg.objective.name,
+            device,
+            dist.world_size(),
+        )
+    return run, pos
 
-    def checkpoint(step_: int, epoch_: int, batch_: int) -> None:
-        if not dist.is_main():
-            return
-        state = {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "objective": objective.state_dict() if objective is not None else None,
-            "decoder": decoder.state_dict() if decoder is not None else None,
-            "neg_gen": neg_gen.get_state(), "rng": rng_state(), "step": step_, "epoch": epoch_,
-            "batch_in_epoch": batch_, "config": OmegaConf.to_container(cfg, resolve=True), "views": list(views),
-        }  # fmt: skip
-        save_atomic(state, out / "checkpoints" / "last.pt")
 
-    model.train()
+# --- checkpoint state ---------------------------------------------------------------------------
+
+
+def checkpoint_state(run: Run, pos: Position) -> dict:
+    """Everything a resumed run needs to continue exactly, plus the resolved config and the views."""
+    return {
+        "model": run.model.state_dict(),
+        "objective": run.objective.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "neg_gen": run.neg_gen.get_state(),
+        "rng": rng_state(),
+        "step": pos.step,
+        "epoch": pos.epoch,
+        "batch_in_epoch": pos.batch_in_epoch,
+        "config": OmegaConf.to_container(run.cfg, resolve=True),
+        "views": list(run.views),
+    }
+
+
+def save_checkpoint(run: Run, pos: Position) -> None:
+    """<run>/checkpoints/last.pt, written by rank 0 (atomically: a killed run keeps the previous one)."""
+    if dist.is_main():
+        save_atomic(checkpoint_state(run, pos), run.out / "checkpoints" / "last.pt")
+
+
+def restore(run: Run, path: Path) -> Position:
+    """Load the checkpoint at `path` into `run` (and the process's RNGs); returns its position."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # load_state_dict moves to the device
+    trained = (ckpt.get("config") or {}).get("objective", {}).get("name")
+    if trained != run.cfg.objective.name:
+        raise UserError(
+            f"resume={run.cfg.resume}: {path} was trained with objective.name={trained}, not "
+            f"{run.cfg.objective.name}; resume with that objective or start a new run (resume=null)"
+        )
+    try:
+        run.model.load_state_dict(ckpt["model"])
+        run.objective.load_state_dict(ckpt["objective"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, TypeError) as e:
+        reason = str(e).strip().splitlines()[0][:160]
+        raise UserError(
+            f"resume={run.cfg.resume}: {path} does not fit this config ({reason}); resume with the "
+            "config it was trained with or start a new run (resume=null)"
+        ) from e
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.neg_gen.set_state(ckpt["neg_gen"])
+    set_rng_state(ckpt["rng"])
+    pos = Position(ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"])
+    if dist.is_main():
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", path, pos.step, pos.epoch, pos.batch_in_epoch)
+    return pos
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+
+def train(cfg: DictConfig) -> Path:
+    """Pretrain the encoders of `cfg.views` with the configured objective; returns the run directory."""
+    run, pos = setup(cfg)
+    logger = MetricsLogger(run.out) if dist.is_main() else None
+    b, global_b = cfg.train.batch_size, cfg.train.batch_size * dist.world_size()
     t_last, wait, n_clips = time.perf_counter(), 0.0, 0
-    while step < total:
-        data.epoch = epoch
-        sampler.set_epoch(epoch, skip=batch_in_epoch * b)
+    while pos.step < run.total:
+        run.model.train()  # again each epoch: per-epoch work may have evaluated the encoders
+        run.objective.train()
+        run.data.epoch = pos.epoch
+        run.sampler.set_epoch(pos.epoch, skip=pos.batch_in_epoch * b)
         t_fetch = time.perf_counter()
-        for batch in loader:
+        for batch in run.loader:
             wait += time.perf_counter() - t_fetch
-            index = batch["index"].to(device, non_blocking=True)
-            x = {n: batch[n].to(device, non_blocking=True) for n in views}
-            if channels_last:
-                x = {n: v.to(memory_format=torch.channels_last_3d) if v.dim() == 5 else v for n, v in x.items()}
-            with autocast():
-                if decoder is None:
-                    z = net(x)
-                    z = {n: v.float() for n, v in z.items()}
-                    loss, stats = objective(z, index, generator=neg_gen)
-                else:
-                    p = o.predict
-                    pred = decoder(model.encoders[p.source](x[p.source])).float()
-                    loss = predictive_loss(pred, x[p.target].float(), p.loss)
-                    stats = {f"loss/{p.source}->{p.target}": loss.item()}
-            if not torch.isfinite(loss):
-                checkpoint(step, epoch, batch_in_epoch)  # the state before this step is the last good one
-                bad = [k for k, v in stats.items() if k.startswith("loss/") and not math.isfinite(v)] or ["total"]
-                raise UserError(
-                    f"loss is {loss.item()} at step {step} (pair {bad[0][5:]}); the last good state is in "
-                    f"{out}/checkpoints/last.pt; lower optim.lr or set train.clip_grad"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.train.clip_grad:
-                torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_grad)
-            optimizer.step()
-            scheduler.step()
-            if objective is not None:
-                objective.update({n: v.detach() for n, v in z.items()}, index)
-            step, batch_in_epoch, n_clips = step + 1, batch_in_epoch + 1, n_clips + global_b
-
-            if step % cfg.train.log_every == 0 or step == total:
-                loss_mean = dist.all_reduce_mean(loss.detach()).item()  # a CPU-GPU sync point, once per log line
+            loss, stats = train_step(run, to_device(run, batch), pos)
+            pos.step, pos.batch_in_epoch, n_clips = pos.step + 1, pos.batch_in_epoch + 1, n_clips + global_b
+            if pos.step % cfg.train.log_every == 0 or pos.step == run.total:
                 now = time.perf_counter()
-                record = {"step": step, "epoch": epoch, "loss": loss_mean, **stats,
-                          "lr": scheduler.get_last_lr()[0], "clips_per_s": n_clips / (now - t_last),
-                          "data_wait": wait / (now - t_last)}  # fmt: skip
-                if world > 1 and objective is not None and objective.negatives == "memory_bank":
-                    record["bank_max_diff"] = bank_divergence(objective)
+                record = step_record(run, pos, loss, stats, n_clips / (now - t_last), wait / (now - t_last))
                 if logger:
                     logger.log(record)
                 t_last, wait, n_clips = now, 0.0, 0
-            if step % cfg.train.save_every == 0 or step == total:
-                checkpoint(step, epoch, batch_in_epoch)
-            if step >= total:
+            if pos.step % cfg.train.save_every == 0 or pos.step == run.total:
+                save_checkpoint(run, pos)
+            if pos.step >= run.total:
                 break
             t_fetch = time.perf_counter()
-        else:
-            epoch, batch_in_epoch = epoch + 1, 0
-            checkpoint(step, epoch, batch_in_epoch)
+        if pos.step < run.total or pos.batch_in_epoch == run.steps_per_epoch:  # the epoch ran to its end
+            pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
+            end_of_epoch(run, pos, logger)
     if logger:
         logger.close()
     dist.barrier()
     dist.cleanup()
+    return run.out
+
+
+def to_device(run: Run, batch: dict) -> dict:
+    """The batch's views, "index" and "label" on the run's device; 5-D views channels_last when set."""
+    out = {k: batch[k].to(run.device, non_blocking=True) for k in (*run.views, "index", "label")}
+    if run.channels_last:
+        out |= {n: out[n].to(memory_format=torch.channels_last_3d) for n in run.views if out[n].dim() == 5}
     return out
+
+
+def train_step(run: Run, batch: dict, pos: Position) -> tuple[Tensor, dict[str, float]]:
+    """One optimiser step on a batch on the device: the objective's loss, backward, step, its update."""
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
+        loss, stats = run.objective.loss(run.net, batch, run.neg_gen)
+    if not torch.isfinite(loss):
+        save_checkpoint(run, pos)  # the state before this step is the last good one
+        bad = [k for k, v in stats.items() if k.startswith("loss/") and not math.isfinite(v)] or ["total"]
+        raise UserError(
+            f"loss is {loss.item()} at step {pos.step} (pair {bad[0][5:]}); the last good state is in "
+            f"{run.out}/checkpoints/last.pt; lower optim.lr or set train.clip_grad"
+        )
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    average_gradients(run.objective.parameters())  # DDP averages the model's, not the decoder's or classifier's
+    if run.cfg.train.clip_grad:
+        torch.nn.utils.clip_grad_norm_(run.params, run.cfg.train.clip_grad)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.objective.update()  # after the step: the backward pass read the memory banks
+    return loss, stats
+
+
+def end_of_epoch(run: Run, pos: Position, logger: MetricsLogger | None) -> None:
+    """After each whole epoch (pos.epoch is the next one): a checkpoint, then per-epoch work on
+    run.model and run.views (the kNN monitor), logged with `logger` on rank 0."""
+    save_checkpoint(run, pos)
+
+
+def step_record(run: Run, pos: Position, loss: Tensor, stats: dict, clips_per_s: float, data_wait: float) -> dict:
+    """One metrics.jsonl line; called on every rank (the mean loss and the bank check are collectives)."""
+    loss_mean = dist.all_reduce_mean(loss.detach()).item()  # a CPU-GPU sync point, once per log line
+    record = {
+        "step": pos.step,
+        "epoch": pos.epoch,
+        "loss": loss_mean,
+        **stats,
+        "lr": run.scheduler.get_last_lr()[0],
+        "clips_per_s": clips_per_s,
+        "data_wait": data_wait,
+    }
+    if dist.world_size() > 1 and isinstance(run.objective, CMCObjective) and run.objective.negatives == "memory_bank":
+        record["bank_max_diff"] = bank_divergence(run.objective)
+    return record
+
+
+def average_gradients(params) -> None:
+    """Average the gradients of `params` over ranks in place; nothing in one process."""
+    if dist.world_size() > 1:
+        for p in params:
+            if p.grad is not None:
+                p.grad.copy_(dist.all_reduce_mean(p.grad))
 
 
 def bank_divergence(objective: CMCObjective) -> float:
@@ -289,8 +434,11 @@ class MetricsLogger:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, record["step"])
-        parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
-                 if k in ("step", "epoch", "loss", "lr", "clips_per_s", "data_wait")]  # fmt: skip
+        parts = [
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in record.items()
+            if k in ("step", "epoch", "loss", "lr", "clips_per_s", "data_wait")
+        ]
         log.info(" ".join(parts))
 
     def close(self) -> None:

@@ -47,6 +47,7 @@ from mvcoding.datasets import DatasetIndex, load_dataset
 from mvcoding.errors import UserError
 from mvcoding.files import save_atomic
 from mvcoding.model import build_views
+from mvcoding.optim import build_optimizer, lr_factor
 from mvcoding.registry import Aug, View
 from mvcoding.reports import (  # noqa: F401  (the metric functions and fuse are part of this module's API)
     confusion_matrix,
@@ -270,22 +271,6 @@ def report(s: EvalSetup, out: Path, task: str, run: dict, proto: dict, files: li
                                          protocol=proto, files=files)  # fmt: skip
 
 
-def cosine_lr(step: int, total: int) -> float:
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total))))
-
-
-def make_optimizer(key: str, name: str, groups: list[dict], weight_decay: float) -> torch.optim.Optimizer:
-    """SGD with momentum 0.9, Adam or AdamW over parameter groups that carry their own lr."""
-    optimizers = {
-        "sgd": lambda: torch.optim.SGD(groups, momentum=0.9, weight_decay=weight_decay),
-        "adam": lambda: torch.optim.Adam(groups, weight_decay=weight_decay),
-        "adamw": lambda: torch.optim.AdamW(groups, weight_decay=weight_decay),
-    }
-    if name not in optimizers:
-        raise UserError(f"{key}.optimizer={name!r} is not valid; choose one of: {', '.join(optimizers)}")
-    return optimizers[name]()
-
-
 # ----------------------------------------------------------------------------- linear probe
 def train_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, lcfg, *, seed: int, device: torch.device,
                  out: Path | None = None) -> nn.Linear:  # fmt: skip
@@ -295,13 +280,13 @@ def train_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, lcfg, *, se
     g = torch.Generator().manual_seed(seed)
     x, y = x.to(device), y.to(device)
     clf = nn.Linear(x.shape[1], num_classes).to(device)
-    opt = make_optimizer(
-        "eval.linear", lcfg.optimizer, [{"params": clf.parameters(), "lr": lcfg.lr}], lcfg.weight_decay
+    opt = build_optimizer(
+        clf.parameters(), lcfg.optimizer, lr=lcfg.lr, weight_decay=lcfg.weight_decay, key="eval.linear.optimizer"
     )
     n = len(x)
     bs = n if not lcfg.batch_size or lcfg.batch_size >= n else int(lcfg.batch_size)
     total, step = int(lcfg.epochs) * math.ceil(n / bs), 0
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: cosine_lr(i, total))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, total, "cosine"))
     every = max(1, int(lcfg.epochs) // 10)
     for epoch in range(int(lcfg.epochs)):
         perm = torch.randperm(n, generator=g).to(device)
@@ -377,9 +362,9 @@ def finetune(cfg: DictConfig, out: Path) -> dict:
                          pin_memory=pin, drop_last=True)  # fmt: skip
     groups = [{"params": encoder.parameters(), "lr": ft.lr * ft.backbone_lr_mult},
               {"params": head.parameters(), "lr": ft.lr}]  # fmt: skip
-    opt = make_optimizer("eval.finetune", ft.optimizer, groups, ft.weight_decay)
+    opt = build_optimizer(groups, ft.optimizer, lr=ft.lr, weight_decay=ft.weight_decay, key="eval.finetune.optimizer")
     total = int(ft.epochs) * len(sampler) // b
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: cosine_lr(i, total))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, total, "cosine"))
     autocast = torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.device.type == "cuda")
     step = 0
     for epoch in range(int(ft.epochs)):

@@ -7,14 +7,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
+from conftest import SYNTHETIC, tiny
 from mvcoding import distributed
+from mvcoding.config import load_config
 from mvcoding.errors import UserError
+from mvcoding.model import MultiViewModel, build_views
 from mvcoding.objectives import (
     CMCObjective,
     PredictiveDecoder,
     bank_logits,
     batch_log_norm_const,
+    build_objective,
     in_batch_loss,
     info_nce,
     mi_lower_bound,
@@ -419,3 +424,101 @@ def test_two_ranks_agree_on_banks_and_z(tmp_path):
     expected = CMCObjective(views=["a", "b"], graph="full", n_data=20, dim=4, K=5).banks.a.clone()
     update_bank(expected, torch.arange(4), torch.cat([unit(2, 4, seed=0), unit(2, 4, seed=1)]), 0.5)
     assert torch.allclose(r0["state"]["banks.a"], expected)
+
+
+# --- every objective behind one interface -------------------------------------------------------
+
+
+def tiny_model(tmp_path):
+    """A real two-view model (rgb, flow: small3d_gn, width 8) and a batch of 4 random clips for it."""
+    cfg = load_config(SYNTHETIC, tiny(tmp_path, **{"views.rgb.width": 8, "views.flow.width": 8}))
+    views = build_views(cfg)
+    torch.manual_seed(0)
+    model = MultiViewModel(views, 16)
+    x = {n: torch.randn(4, v.channels, 4, 32, 32, generator=torch.Generator().manual_seed(i))
+         for i, (n, v) in enumerate(views.items())}  # fmt: skip
+    return cfg.objective, model, x | {"index": torch.tensor([3, 0, 7, 5]), "label": torch.tensor([2, 0, 1, 2])}
+
+
+def objective_cfg(o, **changes):
+    return OmegaConf.merge(OmegaConf.to_container(o), changes)
+
+
+def test_supervised_objective_is_cross_entropy_of_a_linear_classifier(tmp_path):
+    o, model, batch = tiny_model(tmp_path)
+    obj = build_objective(objective_cfg(o, name="supervised", anchor="flow"), ["rgb", "flow"], model,
+                          n_data=10, sample_item={}, num_classes=3)  # fmt: skip
+    assert [k for k, _ in obj.named_parameters()] == ["classifier.weight", "classifier.bias"]
+    loss, stats = obj.loss(model, batch)
+    logits = (model.encoders["flow"](batch["flow"]) @ obj.classifier.weight.T + obj.classifier.bias).double()
+    by_hand = softmax_ce_by_hand(logits.tolist(), batch["label"].tolist())
+    assert loss.item() == pytest.approx(by_hand, rel=1e-5)
+    assert stats["loss/flow->label"] == pytest.approx(by_hand, rel=1e-5)
+    hits = [row.index(max(row)) == y for row, y in zip(logits.tolist(), [2, 0, 1, 2], strict=True)]
+    assert stats["train_top1"] == sum(hits) / 4
+    loss.backward()
+    assert all(p.grad is not None for p in model.encoders["flow"].parameters())
+    assert all(p.grad is None for p in [*model.encoders["rgb"].parameters(), *model.heads.parameters()])
+    assert not obj.uses_whole_model  # DDP must look for the parameters without a gradient
+    obj.update()  # nothing to do
+
+
+def test_predictive_objective_regresses_the_target_view(tmp_path):
+    o, model, batch = tiny_model(tmp_path)
+    item = {n: x[0] for n, x in batch.items()}
+    o = objective_cfg(o, name="predictive", predict={"source": "rgb", "target": "flow", "loss": "l2"})
+    obj = build_objective(o, ["rgb", "flow"], model, n_data=10, sample_item=item, num_classes=3)
+    assert all(k.startswith("decoder.") for k in obj.state_dict())
+    loss, stats = obj.loss(model, batch)
+    pred = obj.decoder(model.encoders["rgb"](batch["rgb"]))
+    assert loss.item() == pytest.approx(((pred - batch["flow"]) ** 2).mean().item(), rel=1e-5)
+    assert stats == {"loss/rgb->flow": pytest.approx(loss.item())}
+    loss.backward()
+    assert all(p.grad is not None for p in [*model.encoders["rgb"].parameters(), *obj.parameters()])
+    assert all(p.grad is None for p in [*model.encoders["flow"].parameters(), *model.heads.parameters()])
+    assert not obj.uses_whole_model
+    # one view is enough: an autoencoder of rgb
+    one = build_objective(objective_cfg(o, predict={"source": "rgb", "target": "rgb"}), ["rgb"], model,
+                          n_data=10, sample_item=item, num_classes=3)  # fmt: skip
+    assert one.loss(model, batch)[0].item() > 0
+
+
+@pytest.mark.parametrize("negatives", ["memory_bank", "in_batch"])
+def test_cmc_loss_embeds_every_view_and_update_uses_that_batch(tmp_path, negatives):
+    o, model, batch = tiny_model(tmp_path)
+    o = objective_cfg(o, name="cmc", negatives=negatives, K=4, momentum=0.0)
+    obj = build_objective(o, ["rgb", "flow"], model, n_data=10, sample_item={}, num_classes=3)
+    assert list(obj.parameters()) == []  # the banks are state, not trained
+    loss, stats = obj.loss(model, batch, torch.Generator().manual_seed(1))
+    z = model(batch)
+    same, _ = obj(z, batch["index"], torch.Generator().manual_seed(1))
+    assert loss.item() == pytest.approx(same.item(), rel=1e-6) and "loss/rgb-flow" in stats
+    loss.backward()
+    assert obj.uses_whole_model and all(p.grad is not None for p in model.parameters())
+    obj.update()  # momentum 0: the rows of this batch become its embeddings
+    if negatives == "memory_bank":
+        torch.testing.assert_close(obj.banks.flow[batch["index"]], z["flow"].detach())
+        untouched = [i for i in range(10) if i not in batch["index"].tolist()]
+        fresh = build_objective(o, ["rgb", "flow"], model, n_data=10, sample_item={}, num_classes=3)
+        torch.testing.assert_close(obj.banks.flow[untouched], fresh.banks.flow[untouched])
+
+
+def test_build_objective_names_the_bad_key(tmp_path):
+    o, model, batch = tiny_model(tmp_path)
+    item = {n: x[0] for n, x in batch.items()}
+
+    def build(views=("rgb", "flow"), **changes):
+        return build_objective(objective_cfg(o, **changes), list(views), model, n_data=10, sample_item=item,
+                               num_classes=3)  # fmt: skip
+
+    with pytest.raises(UserError, match="objective.name='byol' is not valid; choose one of: cmc, predictive"):
+        build(name="byol")
+    with pytest.raises(UserError, match="objective.predict=.*set objective.predict='{source: rgb"):
+        build(name="predictive")  # predict: null
+    with pytest.raises(UserError, match="objective.predict=.*among the views"):
+        build(name="predictive", predict={"source": "rgb", "target": "depth"})
+    with pytest.raises(UserError, match="objective.predict.loss='l3' is not valid"):
+        build(name="predictive", predict={"source": "rgb", "target": "flow", "loss": "l3"})
+    with pytest.raises(UserError, match="objective.anchor='depth' is the view objective.name=supervised trains"):
+        build(name="supervised", anchor="depth")
+    assert build(["rgb"], name="supervised", anchor="rgb").view == "rgb"

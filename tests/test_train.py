@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from conftest import SYNTHETIC, tiny
 from mvcoding.config import load_config
 from mvcoding.errors import UserError
-from mvcoding.train import lr_factor, train
+from mvcoding.optim import build_optimizer, lr_factor
+from mvcoding.train import train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -121,14 +121,56 @@ def test_torchrun_two_processes_match_one_process(synthetic_root, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_torchrun_supervised_matches_one_process(synthetic_root, tmp_path):
+    """DDP over an objective that leaves parameters unused, with its own classifier averaged by hand."""
+    over = {"train.max_steps": 4, "train.epochs": 4, "views.rgb.encoder": "small3d_gn", "device": "cpu",
+            "optim.lr": 1e-2}  # fmt: skip
+    single = tmp_path / "single"
+    train(load_config(SYNTHETIC, supervised(synthetic_root, **over, **{"run.dir": single, "train.batch_size": 8})))
+    double = tmp_path / "double"
+    args = supervised(synthetic_root, **over, **{"run.dir": double, "train.batch_size": 4})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "mvcoding", "train", SYNTHETIC, *args]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    ours, ref = metrics(double), metrics(single)
+    assert sorted(ours) == sorted(ref) == [1, 2, 3, 4]
+    for step in ref:
+        assert ours[step]["loss"] == pytest.approx(ref[step]["loss"], rel=1e-4, abs=1e-5), step
+    a = torch.load(single / "checkpoints" / "last.pt", weights_only=False)
+    b = torch.load(double / "checkpoints" / "last.pt", weights_only=False)
+    torch.testing.assert_close(a["objective"], b["objective"], rtol=1e-4, atol=1e-5)
+
+
 def test_lr_schedules():
-    cos = OmegaConf.create({"warmup_steps": 10, "schedule": "cosine", "milestones": [0.5, 0.75], "gamma": 0.1})
-    assert lr_factor(0, 100, cos) == pytest.approx(0.1)
-    assert lr_factor(9, 100, cos) == pytest.approx(1.0)
-    assert lr_factor(55, 100, cos) == pytest.approx(0.5)
-    assert lr_factor(100, 100, cos) == pytest.approx(0.0)
-    step = OmegaConf.merge(cos, {"schedule": "step", "warmup_steps": 0})
-    assert [lr_factor(s, 100, step) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert lr_factor(0, 100, "cosine", warmup_steps=10) == pytest.approx(0.1)  # warmup: (step + 1) / 10
+    assert lr_factor(4, 100, "step", warmup_steps=10, milestones=[0.01]) == pytest.approx(0.5)
+    assert lr_factor(9, 100, "cosine", warmup_steps=10) == pytest.approx(1.0)
+    assert lr_factor(10, 100, "cosine", warmup_steps=10) == pytest.approx(1.0)  # cosine starts after warmup
+    assert lr_factor(55, 100, "cosine", warmup_steps=10) == pytest.approx(0.5)  # the midpoint of 90 steps
+    assert lr_factor(100, 100, "cosine", warmup_steps=10) == pytest.approx(0.0)
+    assert lr_factor(150, 100, "cosine") == pytest.approx(0.0)  # past the end: stays at 0
+    # without warmup, cosine is the fine-tuning schedule 0.5 (1 + cos(pi step / total)): cos(pi / 4) = 0.70711
+    assert [lr_factor(s, 4, "cosine") for s in range(5)] == pytest.approx([1, 0.853553, 0.5, 0.146447, 0], abs=1e-6)
+    steps = [lr_factor(s, 100, "step", milestones=[0.5, 0.75], gamma=0.1) for s in (0, 49, 50, 74, 75, 99)]
+    assert steps == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert lr_factor(99, 100, "constant", milestones=[0.5]) == 1.0
+    with pytest.raises(UserError, match="optim.schedule='linear' is not valid"):
+        lr_factor(0, 100, "linear")
+
+
+def test_build_optimizer():
+    w = torch.nn.Parameter(torch.zeros(2))
+    groups = [{"params": [w], "lr": 0.5}, {"params": [torch.nn.Parameter(torch.zeros(1))]}]
+    sgd = build_optimizer(groups, "sgd", lr=0.1, momentum=0.8, weight_decay=1e-3)
+    assert isinstance(sgd, torch.optim.SGD) and [g["lr"] for g in sgd.param_groups] == [0.5, 0.1]
+    assert sgd.param_groups[1]["momentum"] == 0.8 and sgd.param_groups[1]["weight_decay"] == 1e-3
+    assert isinstance(build_optimizer([w], "adam", lr=0.1), torch.optim.Adam)
+    assert isinstance(build_optimizer([w], "adamw", lr=0.1), torch.optim.AdamW)
+    with pytest.raises(UserError, match="eval.linear.optimizer='lbfgs' is not valid; choose one of: sgd, adam"):
+        build_optimizer([w], "lbfgs", lr=0.1, key="eval.linear.optimizer")
 
 
 def test_predictive_baseline_trains(synthetic_root, tmp_path):
@@ -138,4 +180,49 @@ def test_predictive_baseline_trains(synthetic_root, tmp_path):
     train(load_config(SYNTHETIC, tiny(synthetic_root, **over)))
     rows = metrics(run)
     assert sorted(rows) == [1, 2, 3] and all(r["loss/rgb->flow"] > 0 for r in rows.values())
-    assert "decoder" in torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["objective"]
+    assert "decoder.fc.weight" in state and not any(k.startswith("banks.") for k in state)
+
+
+def supervised(root, **extra) -> list[str]:
+    """A one-view (rgb) supervised run on the tiny set, whose train split is 16 videos of 8 classes."""
+    over = {"objective.name": "supervised", "train.batch_size": 16, "train.epochs": 100, "views.rgb.width": 8}
+    over |= {"data.stride": 2, "optim.lr": 3e-3, "optim.schedule": "constant", "optim.warmup_steps": 0}
+    over |= extra
+    return [*tiny(root, **over), "~views.flow"]
+
+
+def test_supervised_objective_learns_the_labels(synthetic_root, tmp_path):
+    """The supervised upper bound fits the labels of the training clips well above chance (1/8)."""
+    run = tmp_path / "supervised"
+    train(load_config(SYNTHETIC, supervised(synthetic_root, **{"run.dir": run, "train.max_steps": 24})))
+    rows = [r for _, r in sorted(metrics(run).items())]
+    assert set(rows[-1]) >= {"loss", "loss/rgb->label", "train_top1", "lr"}
+    top1 = sum(r["train_top1"] for r in rows[-5:]) / 5  # the whole train split in every batch
+    assert top1 > 0.4, [round(r["train_top1"], 2) for r in rows]
+    assert sum(r["loss"] for r in rows[-5:]) / 5 < sum(r["loss"] for r in rows[:5]) / 5 - 0.3
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["objective"]["classifier.weight"].shape == (8, ckpt["model"]["heads.rgb.weight"].shape[1])
+    assert ckpt["views"] == ["rgb"]
+
+
+def test_supervised_run_resumes(synthetic_root, tmp_path):
+    over = {"train.batch_size": 8}  # 2 steps per epoch: stop and resume mid-epoch
+    reference, run = tmp_path / "reference", tmp_path / "stopped"
+    train(load_config(SYNTHETIC, supervised(synthetic_root, **over, **{"run.dir": reference, "train.max_steps": 5})))
+    train(load_config(SYNTHETIC, supervised(synthetic_root, **over, **{"run.dir": run, "train.max_steps": 3})))
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["batch_in_epoch"] == 1
+    args = supervised(synthetic_root, **over, **{"run.dir": run, "train.max_steps": 5, "resume": "auto"})
+    train(load_config(SYNTHETIC, args))
+    ours, ref = metrics(run), metrics(reference)
+    assert sorted(ours) == sorted(ref) == [1, 2, 3, 4, 5]
+    for step in ref:
+        assert ours[step]["loss"] == pytest.approx(ref[step]["loss"], rel=1e-5, abs=1e-6), step
+        assert ours[step]["train_top1"] == ref[step]["train_top1"], step
+
+
+def test_resume_with_another_objective_is_one_line(synthetic_root, tmp_path):
+    run = tmp_path / "cmc"
+    train(load_config(SYNTHETIC, tiny(synthetic_root, **{"run.dir": run, "train.max_steps": 1})))
+    with pytest.raises(UserError, match="trained with objective.name=cmc, not supervised"):
+        train(load_config(SYNTHETIC, supervised(synthetic_root, **{"run.dir": run}) + ["resume=auto"]))
