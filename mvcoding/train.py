@@ -33,6 +33,7 @@ from mvcoding.datasets import DatasetIndex, load_dataset
 from mvcoding.errors import UserError
 from mvcoding.files import save_atomic
 from mvcoding.model import MultiViewModel, build_views
+from mvcoding.monitor import Monitor, make_monitor, monitor_every
 from mvcoding.objectives import CMCObjective, build_objective
 from mvcoding.optim import build_optimizer, lr_factor
 from mvcoding.registry import View
@@ -111,6 +112,7 @@ class Run:
     steps_per_epoch: int
     amp: bool  # bf16 autocast
     channels_last: bool
+    monitor: Monitor | None = None  # the kNN monitor, on rank 0 when train.monitor_every > 0
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -231,6 +233,7 @@ def setup(cfg: DictConfig) -> tuple[Run, Position]:
         channels_last=channels_last,
     )
 
+    run.monitor = make_monitor(cfg, views) if monitor_every(cfg) and dist.is_main() else None
     pos = restore(run, resume_path) if resume_path is not None else Position()
     run.net = wrap_model(run)  # after restore: every rank holds the checkpoint's weights
     if dist.is_main():
@@ -336,6 +339,8 @@ def train(cfg: DictConfig) -> Path:
         if pos.step < run.total or pos.batch_in_epoch == run.steps_per_epoch:  # the epoch ran to its end
             pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
             end_of_epoch(run, pos, logger)
+    if monitor_every(cfg) and pos.batch_in_epoch:  # stopped inside an epoch (train.max_steps): score the end
+        score_knn(run, pos, logger)
     if logger:
         logger.close()
     dist.barrier()
@@ -377,6 +382,16 @@ def end_of_epoch(run: Run, pos: Position, logger: MetricsLogger | None) -> None:
     """After each whole epoch (pos.epoch is the next one): a checkpoint, then per-epoch work on
     run.model and run.views (the kNN monitor), logged with `logger` on rank 0."""
     save_checkpoint(run, pos)
+    every = monitor_every(run.cfg)
+    if every and (pos.epoch % every == 0 or pos.step == run.total):
+        score_knn(run, pos, logger)
+
+
+def score_knn(run: Run, pos: Position, logger: MetricsLogger | None) -> None:
+    """The kNN monitor's test top-1 per view as one metrics record, on rank 0 (the other ranks wait)."""
+    if run.monitor is not None:
+        logger.log({"step": pos.step, "epoch": pos.epoch, **run.monitor(run.model.encoders, run.device)})
+    dist.barrier()
 
 
 def step_record(run: Run, pos: Position, loss: Tensor, stats: dict, clips_per_s: float, data_wait: float) -> dict:
