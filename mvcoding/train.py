@@ -41,6 +41,15 @@ from mvcoding.registry import View
 log = logging.getLogger(__name__)
 
 
+def center_setting(o: DictConfig) -> bool:
+    """objective.center: auto (on with a memory bank, see mvcoding.model.center_embeddings) | true | false."""
+    if o.get("center", "auto") == "auto":
+        return o.name == "cmc" and o.negatives == "memory_bank"
+    if not isinstance(o.center, bool):
+        raise UserError(f"objective.center={o.center!r} is not valid; choose auto, true or false")
+    return o.center
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -199,7 +208,7 @@ def setup(cfg: DictConfig) -> tuple[Run, Position]:
     steps_per_epoch = len(data) // (cfg.train.batch_size * dist.world_size())
     total = min(cfg.train.epochs * steps_per_epoch, cfg.train.max_steps or math.inf)
 
-    model = MultiViewModel(views, cfg.objective.dim).to(device)
+    model = MultiViewModel(views, cfg.objective.dim, center=center_setting(cfg.objective)).to(device)
     channels_last = cfg.train.channels_last == "auto" and device.type == "cuda" or cfg.train.channels_last is True
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
