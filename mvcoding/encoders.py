@@ -86,11 +86,18 @@ def _torchvision(
     ctor: Callable[..., nn.Module],
     weights: tvm.WeightsEnum,
     feat_dim: int,
+    norm: str = "batch",
 ) -> nn.Module:
-    """A torchvision classifier turned encoder: head -> Identity, first conv -> `in_channels`."""
+    """A torchvision classifier turned encoder: head -> Identity, first conv -> `in_channels`;
+    norm="group": every BatchNorm replaced by GroupNorm (`batchnorm_to_groupnorm`)."""
     if width is not None:
         raise UserError(f"encoder {name!r} has a fixed width; width={width} applies only to 'small3d'")
+    if pretrained and norm == "group":
+        raise UserError(f"encoder {name!r} has no pretrained weights (torchvision's are for BatchNorm); "
+                        f"use pretrained=False or encoder {name.removesuffix('_gn')!r}")  # fmt: skip
     model = ctor(weights=None)
+    if norm == "group":
+        batchnorm_to_groupnorm(model)
     if pretrained:
         model.load_state_dict(_cached_state_dict(name, weights))
     if hasattr(model, "fc"):  # video ResNets and 2D resnet18: pooling is already global
@@ -100,6 +107,22 @@ def _torchvision(
         model.classifier = nn.Identity()
     adapt_first_conv(model, in_channels, inherit=pretrained)
     model.feat_dim = feat_dim
+    return model
+
+
+def batchnorm_to_groupnorm(model: nn.Module, groups: int = 32) -> nn.Module:
+    """Replace every BatchNorm1d/2d/3d of `model` by GroupNorm(g, C), g the largest divisor of C up to
+    `groups`, with weight 1 and bias 0. In place; returns `model`.
+
+    Why: with BatchNorm, contrastive views can match through batch statistics instead of content,
+    and a batch split across processes normalises differently from one process; GroupNorm has neither.
+    """
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            c = module.num_features
+            g = max(d for d in range(1, min(groups, c) + 1) if c % d == 0)
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, nn.GroupNorm(g, c, eps=module.eps))
     return model
 
 
@@ -169,8 +192,10 @@ def _small3d(*, in_channels: int, pretrained: bool, width: int | None, norm: str
     return Small3d(in_channels, width=32 if width is None else width, norm=norm)
 
 
-def _tv(name: str, ctor: Callable[..., nn.Module], weights: tvm.WeightsEnum, feat_dim: int) -> Builder:
-    return partial(_torchvision, name, ctor=ctor, weights=weights, feat_dim=feat_dim)
+def _tv(
+    name: str, ctor: Callable[..., nn.Module], weights: tvm.WeightsEnum, feat_dim: int, norm: str = "batch"
+) -> Builder:
+    return partial(_torchvision, name, ctor=ctor, weights=weights, feat_dim=feat_dim, norm=norm)
 
 
 ENCODERS: dict[str, Builder] = {
@@ -179,6 +204,7 @@ ENCODERS: dict[str, Builder] = {
     # a batch of 2) computes exactly what one process computes on the whole batch
     "small3d_gn": partial(_small3d, norm="group"),
     "r3d_18": _tv("r3d_18", tvv.r3d_18, tvv.R3D_18_Weights.DEFAULT, 512),
+    "r3d_18_gn": _tv("r3d_18_gn", tvv.r3d_18, tvv.R3D_18_Weights.DEFAULT, 512, norm="group"),  # the UCF101 configs
     "mc3_18": _tv("mc3_18", tvv.mc3_18, tvv.MC3_18_Weights.DEFAULT, 512),
     "r2plus1d_18": _tv("r2plus1d_18", tvv.r2plus1d_18, tvv.R2Plus1D_18_Weights.DEFAULT, 512),
     "s3d": _tv("s3d", tvv.s3d, tvv.S3D_Weights.DEFAULT, 1024),

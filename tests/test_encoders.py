@@ -52,7 +52,7 @@ def test_width_sets_small3d_features_and_is_rejected_elsewhere():
         build_encoder("r3d_18", in_channels=3, width=8)
 
 
-@pytest.mark.parametrize("name", sorted(set(list_encoders()) - {"small3d", "small3d_gn"}))
+@pytest.mark.parametrize("name", sorted(set(list_encoders()) - {"small3d", "small3d_gn", "r3d_18_gn"}))
 def test_pretrained_without_cached_weights_says_what_to_download(name, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(UserError, match=r"download https://download\.pytorch\.org/.+\.pth and put it at ") as info:
@@ -133,3 +133,14 @@ def test_adapt_without_inherit_is_random_and_noop_for_same_channels():
     adapt_first_conv(model, 1, inherit=False)
     assert model.features[0].weight.shape[1] == 1
     assert not torch.allclose(model.features[0].weight, first.weight.sum(dim=1, keepdim=True))
+
+
+def test_r3d_18_gn_has_groupnorm_only_and_per_sample_features():
+    model = build_encoder("r3d_18_gn", in_channels=2).train()  # train mode: BatchNorm would use batch statistics
+    kinds = {type(m) for m in model.modules()}
+    assert nn.GroupNorm in kinds and not any(issubclass(k, nn.modules.batchnorm._BatchNorm) for k in kinds)
+    x = torch.randn(3, 2, 4, 32, 32)
+    with torch.no_grad():  # no batch statistics: a clip's features do not depend on the rest of the batch
+        torch.testing.assert_close(model(x)[:1], model(x[:1]), rtol=1e-4, atol=1e-5)
+    with pytest.raises(UserError, match="no pretrained weights"):
+        build_encoder("r3d_18_gn", in_channels=3, pretrained=True)
