@@ -539,7 +539,7 @@ def sweep(
         return out
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "spec.yaml", spec.path.read_text())
-    jobs = [(c, s) for c in cells for s in spec.seeds]
+    jobs = [(c, s) for s in spec.seeds for c in cells]  # seed-major: a whole table with one seed comes first
     for i, (cell, seed) in enumerate(jobs, 1):
         folder = cell_dir(out, cell, seed)
         head = f"sweep {i}/{len(jobs)}: {cell.name} seed {seed}"
