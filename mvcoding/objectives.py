@@ -119,6 +119,16 @@ def _logits_at(z: Tensor, bank: Tensor, idx: Tensor, tau: float) -> Tensor:
     return logits / tau  # (B, K+1)
 
 
+def mean_pairwise_cosine(rows: Tensor) -> Tensor:
+    """Mean of rows[i] . rows[j] over pairs i != j, for unit rows (N, D), N >= 2, in O(N D).
+
+    sum_{i != j} r_i . r_j = |sum_i r_i|^2 - N. Near 1: every row the same vector (a collapsed bank,
+    every logit equal and the loss at log(K + 1)); near 0: rows spread out.
+    """
+    n = rows.shape[0]
+    return (rows.double().sum(0).square().sum() - n) / (n * (n - 1))
+
+
 def nce_softmax_loss(logits: Tensor) -> Tensor:
     """Softmax over K+1 candidates with the positive in column 0 (the original NCESoftmaxLoss).
 
@@ -279,6 +289,8 @@ class CMCObjective(nn.Module):
                 total = total + losses[0] + losses[1]
                 bound = sum(mi_lower_bound(s, n_neg) for s in softmax_losses) / 2
                 stats += [(f"loss/{a}-{b}", (losses[0] + losses[1]).detach()), (f"mi/{a}-{b}", bound)]
+            if use_bank:  # a collapsed bank (cosine -> 1) is the memory bank's failure mode: log it
+                stats += [(f"bank_cos/{v}", mean_pairwise_cosine(self.banks.get_buffer(v)).float()) for v in self.views]
         values = torch.stack([v for _, v in stats]).tolist()  # one host sync for all the stats
         return total, {name: value for (name, _), value in zip(stats, values, strict=True)}
 

@@ -223,7 +223,8 @@ def test_three_views_give_stats_for_every_pair(negatives, graph):
     z = {v: unit(4, 128, seed=i) for i, v in enumerate(["rgb", "flow", "depth"])}
     loss, stats = obj(z, torch.tensor([0, 1, 2, 39]), torch.Generator().manual_seed(0))
     pairs = view_pairs(["rgb", "flow", "depth"], graph, "rgb")
-    assert sorted(stats) == sorted([f"loss/{a}-{b}" for a, b in pairs] + [f"mi/{a}-{b}" for a, b in pairs])
+    banks = [f"bank_cos/{v}" for v in ("rgb", "flow", "depth")] if negatives == "memory_bank" else []
+    assert sorted(stats) == sorted([f"loss/{a}-{b}" for a, b in pairs] + [f"mi/{a}-{b}" for a, b in pairs] + banks)
     assert loss.item() == pytest.approx(sum(stats[f"loss/{a}-{b}"] for a, b in pairs), rel=1e-5)
     assert all(isinstance(v, float) and math.isfinite(v) for v in stats.values())
 
@@ -522,3 +523,13 @@ def test_build_objective_names_the_bad_key(tmp_path):
     with pytest.raises(UserError, match="objective.anchor='depth' is the view objective.name=supervised trains"):
         build(name="supervised", anchor="depth")
     assert build(["rgb"], name="supervised", anchor="rgb").view == "rgb"
+
+
+def test_mean_pairwise_cosine_against_the_pairwise_loop():
+    from mvcoding.objectives import mean_pairwise_cosine
+
+    rows = torch.nn.functional.normalize(torch.randn(7, 5, generator=torch.Generator().manual_seed(0)), dim=1)
+    pairs = [(rows[i] @ rows[j]).item() for i in range(7) for j in range(7) if i != j]
+    assert mean_pairwise_cosine(rows).item() == pytest.approx(sum(pairs) / len(pairs), abs=1e-6)
+    assert mean_pairwise_cosine(torch.eye(4)).item() == pytest.approx(0.0)  # orthogonal rows
+    assert mean_pairwise_cosine(torch.ones(3, 4) / 2).item() == pytest.approx(1.0)  # a collapsed bank
