@@ -35,6 +35,23 @@ What each modality carries about the class:
   follows its closeness, with a rhythm set by the kind of motion (steady for translation, four pulses
   per turn for rotation, a tick per bounce...); the base pitch is random. Audio cannot tell left from
   right or clockwise from counter-clockwise: it carries part of the class, not all of it.
+
+Nuisance options (`generate(..., noise=, camera=, distractors=, contrast=)`, `dataset.generate.<key>`),
+each drawn independently of the class, from a random stream of its own; the defaults (0, 0, 0, 3)
+render exactly what the generator made before they existed. They make the set harder, like real video:
+- noise (grey levels, default 0): Gaussian noise of this std added to every RGB pixel and channel of
+  every frame; depth gets noise x 5 mm (DEPTH_NOISE_MM), the audio noise / 255 of full scale.
+- camera (px per frame at 64 px, default 0): the camera pans at a constant velocity drawn uniformly
+  from the disc of this radius. Background, object and distractors all move with it in RGB (hence
+  flow) and depth, wrapping around (the background is a torus too, its seam included); the object's
+  depth relief and the audio follow the object's own motion, so they do not see the camera.
+- distractors (0-4, default 0): smaller flat discs (DISTRACTOR_RADIUS) with a random colour and
+  texture, sliding at a random constant velocity (1-3 px per frame, any direction) behind the object;
+  in depth a flat disc at DISTRACTOR_MM; silent.
+- contrast (grey levels, default 3): the largest per-channel difference between the background's two
+  colours. The default keeps the background faint; raise it so that a camera pan is visible.
+The options are recorded in synthetic.json's params; a folder generated before they existed reads as
+generated with the defaults.
 """
 
 from __future__ import annotations
@@ -74,7 +91,27 @@ OBJECT_MM = (
     math.ceil(Z_REF_MM * R_REF / (RADIUS[0] * 2.5**-0.5) + RELIEF_MM),
 )
 BACKGROUND_RANGE_MM = (BACKGROUND_MM[0] - 400, BACKGROUND_MM[1] + 400)
-DEFAULTS = {"classes": 8, "videos_per_class": 40, "frames": 32, "size": 64, "fps": 25.0, "seed": 0, "workers": 2}
+DEFAULTS = {
+    "classes": 8,
+    "videos_per_class": 40,
+    "frames": 32,
+    "size": 64,
+    "fps": 25.0,
+    "seed": 0,
+    "workers": 2,
+    # nuisance options (see the module docstring); these defaults render what the generator always did
+    "noise": 0.0,
+    "camera": 0.0,
+    "distractors": 0,
+    "contrast": 3.0,
+}
+FLOAT_KEYS = ("fps", "noise", "camera", "contrast")
+# Keys a synthetic.json written before they existed lacks: such a folder was generated with these values.
+LATER_KEYS = {k: DEFAULTS[k] for k in ("noise", "camera", "distractors", "contrast")}
+DEPTH_NOISE_MM = 5.0  # depth noise std per grey level of `noise`: noise 10 -> 50 mm, a third of the relief
+MAX_DISTRACTORS = 4
+DISTRACTOR_RADIUS = (0.10, 0.13)  # fraction of the frame: smaller than the object (RADIUS)
+DISTRACTOR_MM = (1500.0, 1900.0)  # a flat disc at this distance: in front of the background, inside OBJECT_MM
 
 
 @dataclass(frozen=True)
@@ -108,15 +145,17 @@ SHAPES = ("disc",)  # one silhouette: the outline would otherwise be a cue share
 D = math.sqrt(0.5)  # a diagonal's x and y components
 OBJECT_TEXTURES = ("stripes", "checker", "halves")
 BACKGROUNDS = ("noise", "stripes", "checker")
-BACKGROUND_CONTRAST = (0, 3)  # grey levels between the two background colours: faint, so flow carries no scene
 
 
 # ----------------------------------------------------------------------------------------------
 # Rendering one video
 
 
-def _sample_background(rng: np.random.Generator, size: int) -> dict:
-    """Background of one group: two colours, a pattern (H, W) in [0, 1] and a slanted depth plane."""
+def _sample_background(rng: np.random.Generator, size: int, contrast: float = DEFAULTS["contrast"]) -> dict:
+    """Background of one group: two colours, a pattern (H, W) in [0, 1] and a slanted depth plane.
+
+    contrast: the largest difference between the two colours, grey levels per channel (drawn up to it).
+    """
     import cv2
 
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
@@ -134,19 +173,24 @@ def _sample_background(rng: np.random.Generator, size: int) -> dict:
         cells = rng.uniform(4, 9)
         pattern = 0.5 + 0.5 * np.tanh(4 * np.sin(np.pi * cells * xx) * np.sin(np.pi * cells * yy))
     colour_a = rng.uniform(20, 235, 3)
-    colour_b = np.clip(colour_a + rng.choice([-1, 1], 3) * rng.uniform(*BACKGROUND_CONTRAST, 3), 0, 255)
+    colour_b = np.clip(colour_a + rng.choice([-1, 1], 3) * rng.uniform(0, contrast, 3), 0, 255)
     tilt = rng.uniform(-400, 400, 2)
     depth = rng.uniform(*BACKGROUND_MM) + tilt[0] * (xx - 0.5) + tilt[1] * (yy - 0.5)
     return {"pattern": pattern.astype(np.float32), "colours": (colour_a, colour_b), "depth": depth.astype(np.float32)}
 
 
+def _distinct_colour(rng: np.random.Generator, background: dict) -> np.ndarray:
+    """An object colour that stands out from both background colours."""
+    for _ in range(100):
+        colour = rng.uniform(0, 255, 3)
+        if min(np.abs(colour - c).sum() for c in background["colours"]) > 120:
+            break
+    return colour
+
+
 def _sample_clip(motion: str, rng: np.random.Generator, size: int, background: dict) -> dict:
     """The per-video nuisance factors and motion parameters; nothing here depends on the class but `motion`."""
-    bg_colours = background["colours"]
-    for _ in range(100):  # an object colour that stands out from both background colours
-        colour = rng.uniform(0, 255, 3)
-        if min(np.abs(colour - c).sum() for c in bg_colours) > 120:
-            break
+    colour = _distinct_colour(rng, background)
     px = size / 64.0  # speeds and amplitudes are set for 64 px frames and scale with the frame
     p = {
         "motion": motion,
@@ -171,6 +215,35 @@ def _sample_clip(motion: str, rng: np.random.Generator, size: int, background: d
         "seed": int(rng.integers(2**31)),  # sensor noise and audio hiss
     }
     return p
+
+
+def _sample_nuisance(
+    rng: np.random.Generator, size: int, background: dict, *, noise: float, camera: float, distractors: int
+) -> dict:
+    """The optional nuisances of one video: camera pan, distractor objects and added noise.
+
+    Takes no class: what it draws cannot depend on it. The camera is drawn first and each distractor
+    after the previous one, so that changing one option leaves the others' draws as they were.
+    """
+    px = size / 64.0
+    angle, extent = rng.uniform(0, 2 * np.pi), math.sqrt(rng.uniform(0, 1))  # uniform over the disc
+    out = {"camera": camera * px * extent * np.array([math.cos(angle), math.sin(angle)]), "distractors": []}
+    for _ in range(distractors):
+        colour, heading = _distinct_colour(rng, background), rng.uniform(0, 2 * np.pi)
+        out["distractors"].append(
+            {
+                "colour": colour,
+                "shade": colour * rng.uniform(0.3, 0.6),
+                "texture": OBJECT_TEXTURES[rng.integers(len(OBJECT_TEXTURES))],
+                "texture_freq": rng.uniform(1.0, 2.0),
+                "r": rng.uniform(*DISTRACTOR_RADIUS) * size,
+                "c0": rng.uniform(0, size, 2),
+                "velocity": rng.uniform(1.0, 3.0) * px * np.array([math.cos(heading), math.sin(heading)]),
+                "depth_mm": rng.uniform(*DISTRACTOR_MM),
+            }
+        )
+    out["added_noise"] = noise
+    return out
 
 
 def _trajectory(p: dict, t: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -245,10 +318,14 @@ def _relief(p: dict, u: np.ndarray, v: np.ndarray, lead: np.ndarray) -> np.ndarr
     return -np.clip(lead, -1, 1)  # leaning into the motion: leading edge nearer
 
 
-def render_frames(p: dict, background: dict, frames: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """RGB (T, H, W, 3) uint8 and depth (T, H, W) uint16 millimetres of one video."""
-    t = np.arange(frames, dtype=np.float64)
-    cx, cy, theta, r, vx, vy = (np.asarray(a, dtype=np.float32)[:, None, None] for a in _trajectory(p, t))
+def _object_layer(
+    cx: np.ndarray, cy: np.ndarray, theta: np.ndarray, r: np.ndarray, p: dict, size: int
+) -> tuple[np.ndarray, ...]:
+    """One textured object over T frames: alpha (T, H, W, 1), colour (T, H, W, 3) and its coordinates.
+
+    cx, cy, theta, r: (T, 1, 1) float32 centre, angle and radius; p: shape, texture, texture_freq,
+    colour, shade. Also returns u, v (T, H, W) in object radii and dx, dy, the wrapped offsets in px.
+    """
     grid = np.arange(size, dtype=np.float32) + 0.5
     # displacement from the centre, wrapped: the world is a torus, objects leave and re-enter
     dx = (grid[None, None, :] - cx + size / 2) % size - size / 2  # (T, 1, W)
@@ -260,18 +337,65 @@ def render_frames(p: dict, background: dict, frames: int, size: int) -> tuple[np
     alpha = np.clip((1 - f) * r + 0.5, 0, 1)[..., None]  # anti-aliased edge, about one pixel wide
     tex = _object_texture(p["texture"], p["texture_freq"], u, v)[..., None]
     colour, shade = (np.asarray(p[k], dtype=np.float32) for k in ("colour", "shade"))
-    obj = colour + (shade - colour) * tex
+    return alpha, colour + (shade - colour) * tex, u, v, dx, dy
+
+
+def _pan(image: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """(H, W) image -> (T, H, W): frame t moved by shifts[t] = (x, y) px, wrapping around, bilinear."""
+    frames = []
+    for sx, sy in shifts:
+        ix, iy = math.floor(sx), math.floor(sy)
+        fx, fy = sx - ix, sy - iy  # out[y, x] = image[y - sy, x - sx], between four whole-pixel moves
+        frame = sum(
+            w * np.roll(image, (iy + ky, ix + kx), (0, 1))
+            for ky, wy in ((0, 1 - fy), (1, fy))
+            for kx, w in ((0, (1 - fx) * wy), (1, fx * wy))
+        )
+        frames.append(frame)
+    return np.stack(frames).astype(image.dtype)
+
+
+def render_frames(p: dict, background: dict, frames: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """RGB (T, H, W, 3) uint8 and depth (T, H, W) uint16 millimetres of one video.
+
+    Back to front: the background, the distractors, the object; the camera moves them all.
+    """
+    t = np.arange(frames, dtype=np.float64)
+    pan = p["camera"][:, None] * t  # (2, T): where the camera has moved the image by frame t
+    cx, cy, theta, r, vx, vy = _trajectory(p, t)
+    cx, cy, theta, r, vx, vy = (
+        np.asarray(a, dtype=np.float32)[:, None, None] for a in (cx + pan[0], cy + pan[1], theta, r, vx, vy)
+    )
+    alpha, obj, u, v, dx, dy = _object_layer(cx, cy, theta, r, p, size)
     colour_a, colour_b = (np.asarray(c, dtype=np.float32) for c in background["colours"])
-    bg = colour_a + (colour_b - colour_a) * background["pattern"][:, :, None]  # (H, W, 3), static
-    rgb = bg + alpha * (obj - bg)
+    pattern, bg_depth = background["pattern"], background["depth"]  # (H, W), static without a camera
+    if p["camera"].any():
+        pattern, bg_depth = _pan(pattern, pan.T), _pan(bg_depth, pan.T)  # (T, H, W)
+    rgb = colour_a + (colour_b - colour_a) * pattern[..., None]
+    depth = bg_depth
+    for d in p["distractors"]:  # flat discs that slide at a constant velocity, behind the object
+        track = [(d["c0"][i] + d["velocity"][i] * t + pan[i]).astype(np.float32)[:, None, None] for i in (0, 1)]
+        zero, r_d = np.zeros((frames, 1, 1), np.float32), np.float32(d["r"])
+        d_alpha, d_rgb, *_ = _object_layer(*track, zero, r_d, {**d, "shape": "disc"}, size)
+        rgb = rgb + d_alpha * (d_rgb - rgb)
+        depth = np.where(d_alpha[..., 0] >= 0.5, np.float32(d["depth_mm"]), depth)
+    rgb = rgb + alpha * (obj - rgb)
     noise = np.random.default_rng([p["seed"], 0]).standard_normal(rgb.shape[:3] + (1,), dtype=np.float32)  # grey
-    rgb = np.clip(np.rint(rgb + np.float32(p["noise"]) * noise), 0, 255).astype(np.uint8)
+    rgb = rgb + np.float32(p["noise"]) * noise
+    if p["added_noise"]:  # per pixel and channel
+        rgb = rgb + np.float32(p["added_noise"]) * np.random.default_rng([p["seed"], 2]).standard_normal(
+            rgb.shape, dtype=np.float32
+        )
+    rgb = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
     speed = np.sqrt(vx * vx + vy * vy)
     lead = np.where(speed > 1e-6, (dx * vx + dy * vy) / (r * np.maximum(speed, 1e-6)), 0)
     z_centre = Z_REF_MM * (R_REF * size) / r
     z_obj = z_centre + RELIEF_MM * _relief(p, u, v, lead)
-    depth = np.where(alpha[..., 0] >= 0.5, z_obj, background["depth"][None])
+    depth = np.where(alpha[..., 0] >= 0.5, z_obj, depth)
+    if p["added_noise"]:
+        noise_mm = np.float32(p["added_noise"] * DEPTH_NOISE_MM)
+        depth = depth + noise_mm * np.random.default_rng([p["seed"], 3]).standard_normal(depth.shape, np.float32)
     depth = np.clip(np.rint(depth), 1, 65535).astype(np.uint16)
     return rgb, depth
 
@@ -280,7 +404,7 @@ def render_audio(p: dict, frames: int, size: int, fps: float, sample_rate: int =
     """Mono int16 audio of the video's duration (frames / fps seconds)."""
     n = int(round(frames / fps * sample_rate))
     t = np.arange(n, dtype=np.float64) / sample_rate * fps  # time in frames
-    _, cy, theta, r, _, _ = _trajectory(p, t)
+    _, cy, theta, r, _, _ = _trajectory(p, t)  # where the object is, not where the camera shows it
     height = 0.5 - (cy % size) / size  # +0.5 at the top, -0.5 at the bottom
     pitch = p["f0"] * 2.0**height  # an octave from bottom to top
     phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
@@ -297,18 +421,36 @@ def render_audio(p: dict, frames: int, size: int, fps: float, sample_rate: int =
         envelope = np.ones_like(t)
     tone = p["gain"] * closeness * envelope * (np.sin(phase) + 0.3 * np.sin(2 * phase))
     hiss = np.random.default_rng([p["seed"], 1]).normal(0, p["hiss"], n)
+    if p["added_noise"]:  # the same fraction of full scale as on the RGB pixels
+        hiss = hiss + np.random.default_rng([p["seed"], 4]).normal(0, p["added_noise"] / 255, n)
     return np.clip(np.rint((tone + hiss) * 32767), -32768, 32767).astype(np.int16)
 
 
-def render_video(label: int, seed: int, group: int, clip: int, *, frames: int, size: int, fps: float) -> dict:
+def render_video(
+    label: int,
+    seed: int,
+    group: int,
+    clip: int,
+    *,
+    frames: int,
+    size: int,
+    fps: float,
+    noise: float = DEFAULTS["noise"],
+    camera: float = DEFAULTS["camera"],
+    distractors: int = DEFAULTS["distractors"],
+    contrast: float = DEFAULTS["contrast"],
+) -> dict:
     """One video of class `label` as arrays: {"rgb": (T, H, W, 3) uint8, "depth": (T, H, W) uint16 mm,
     "audio": (N,) int16 at SAMPLE_RATE, "params": the drawn factors}.
 
-    Deterministic in (seed, label, group, clip); videos of one group share their background.
+    Deterministic in (seed, label, group, clip) and the options (noise, camera, distractors, contrast:
+    see the module docstring); videos of one group share their background.
     """
     # one background per group gXX for every class: a scene says nothing about the class
-    background = _sample_background(np.random.default_rng([seed, 0, group]), size)
+    background = _sample_background(np.random.default_rng([seed, 0, group]), size, contrast)
     p = _sample_clip(MOTIONS[label].name, np.random.default_rng([seed, 1, label, group, clip]), size, background)
+    nuisance = np.random.default_rng([seed, 2, label, group, clip])  # its own stream: the draws above stay as they were
+    p.update(_sample_nuisance(nuisance, size, background, noise=noise, camera=camera, distractors=distractors))
     rgb, depth = render_frames(p, background, frames, size)
     return {"rgb": rgb, "depth": depth, "audio": render_audio(p, frames, size, fps), "params": p}
 
@@ -347,11 +489,11 @@ def _write_one(job: tuple) -> None:
 
     from mvcoding.video import write_video
 
-    root, label, group, clip, seed, frames, size, fps = job
+    root, label, group, clip, seed, frames, size, fps, options = job
     cv2.setNumThreads(1)
     cls = MOTIONS[label].name
     name = _video_name(cls, group, clip)
-    out = render_video(label, seed, group, clip, frames=frames, size=size, fps=fps)
+    out = render_video(label, seed, group, clip, frames=frames, size=size, fps=fps, **options)
     video_dir = Path(root) / "UCF-101" / cls
     write_video(video_dir / f"{name}.avi", out["rgb"], fps)
     _write_wav(video_dir / f"{name}.wav", out["audio"], SAMPLE_RATE)
@@ -362,7 +504,18 @@ def _write_one(job: tuple) -> None:
             raise RuntimeError(f"OpenCV could not write {depth_dir / f'{i:05d}.png'}")
 
 
-def _check(classes: int, videos_per_class: int, frames: int, size: int, fps: float, workers: int) -> None:
+def _check(
+    classes: int,
+    videos_per_class: int,
+    frames: int,
+    size: int,
+    fps: float,
+    workers: int,
+    noise: float,
+    camera: float,
+    distractors: int,
+    contrast: float,
+) -> None:
     problems = []
     if not 2 <= classes <= len(MOTIONS):
         problems.append(f"classes must be 2..{len(MOTIONS)}, got {classes}")
@@ -376,6 +529,12 @@ def _check(classes: int, videos_per_class: int, frames: int, size: int, fps: flo
         problems.append(f"fps must be > 0, got {fps}")
     if workers < 1:
         problems.append(f"workers must be >= 1, got {workers}")
+    if noise < 0 or camera < 0:
+        problems.append(f"noise and camera must be >= 0, got noise={noise}, camera={camera}")
+    if not 0 <= distractors <= MAX_DISTRACTORS:
+        problems.append(f"distractors must be 0..{MAX_DISTRACTORS}, got {distractors}")
+    if not 0 <= contrast <= 255:
+        problems.append(f"contrast must be 0..255 grey levels, got {contrast}")
     if problems:
         raise UserError(f"synthetic dataset: {'; '.join(problems)} (set dataset.generate.<key>)")
 
@@ -390,14 +549,21 @@ def generate(
     fps: float = DEFAULTS["fps"],
     seed: int = DEFAULTS["seed"],
     workers: int = DEFAULTS["workers"],
+    noise: float = DEFAULTS["noise"],
+    camera: float = DEFAULTS["camera"],
+    distractors: int = DEFAULTS["distractors"],
+    contrast: float = DEFAULTS["contrast"],
 ) -> None:
     """Write the synthetic dataset into `root` (created; existing files of the same names are overwritten).
 
     classes: the first `classes` of MOTIONS (2-14). Videos are `frames` frames of `size` x `size` pixels
-    (even) at `fps`. Same arguments (any `workers`) -> byte-identical files. `load` wraps this with an
-    atomic rename; call `generate` directly only into a folder of your own.
+    (even) at `fps`. noise, camera, distractors, contrast: the nuisance options of the module docstring.
+    Same arguments (any `workers`) -> byte-identical files. `load` wraps this with an atomic rename;
+    call `generate` directly only into a folder of your own.
     """
-    _check(classes, videos_per_class, frames, size, fps, workers)
+    options = {"noise": float(noise), "camera": float(camera), "distractors": int(distractors)}
+    options["contrast"] = float(contrast)
+    _check(classes, videos_per_class, frames, size, fps, workers, **options)
     root = Path(root)
     per_group, groups = _groups(videos_per_class)
     names = [m.name for m in MOTIONS[:classes]]
@@ -405,7 +571,7 @@ def generate(
     for label in range(classes):
         for i in range(videos_per_class):
             group, clip = i // per_group + 1, i % per_group + 1
-            jobs.append((str(root), label, group, clip, int(seed), int(frames), int(size), float(fps)))
+            jobs.append((str(root), label, group, clip, int(seed), int(frames), int(size), float(fps), options))
 
     start = time.perf_counter()
     if workers > 1:
@@ -443,13 +609,15 @@ def generate(
             "size": size,
             "fps": fps,
             "seed": seed,
+            **options,
         },
         "groups_per_class": groups,
         "clips_per_group": per_group,
         "test_groups": {str(s): g for s, g in test_groups.items()},
         "classes": [{"index": i + 1, "name": m.name, "motion": m.description} for i, m in enumerate(MOTIONS[:classes])],
         "nuisance": "object colour, shape, texture and size; background colour and pattern (shared by a group); "
-        "speed; start position, angle and phase; sensor noise; base pitch and loudness of the tone",
+        "speed; start position, angle and phase; sensor noise; base pitch and loudness of the tone; "
+        "with the options: added noise, camera pan, distractor objects",
         "audio": {
             "format": "wav, mono, 16-bit PCM",
             "sample_rate": SAMPLE_RATE,
@@ -539,7 +707,7 @@ def _generate_params(cfg: Mapping) -> dict:
         raise UserError(f"unknown key dataset.generate.{unknown[0]}; valid: {', '.join(DEFAULTS)}")
     params = {**DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
     try:
-        return {k: (float(v) if k == "fps" else int(v)) for k, v in params.items()}
+        return {k: (float(v) if k in FLOAT_KEYS else int(v)) for k, v in params.items()}
     except (TypeError, ValueError) as e:
         raise UserError(f"dataset.generate holds a non-numeric value: {e}") from e
 
@@ -548,8 +716,8 @@ def load(cfg: Mapping):
     """Index the synthetic dataset at cfg["root"], generating it there first when the folder holds no data.
 
     cfg: the `dataset` config group: name="synthetic", root, split (1-3), generate (classes,
-    videos_per_class, frames, size, fps, seed, workers). Returns a DatasetIndex named "synthetic";
-    `extra` holds "depth_dir" and the generation parameters.
+    videos_per_class, frames, size, fps, seed, workers, noise, camera, distractors, contrast).
+    Returns a DatasetIndex named "synthetic"; `extra` holds "depth_dir" and the generation parameters.
     """
     from mvcoding.datasets import ucf101
 
@@ -558,14 +726,14 @@ def load(cfg: Mapping):
     root = Path(os.path.abspath(os.path.expanduser(str(cfg["root"]))))
     params = _generate_params(cfg)
     if not _complete(root):
-        _check(**{k: params[k] for k in ("classes", "videos_per_class", "frames", "size", "fps", "workers")})
+        _check(**{k: v for k, v in params.items() if k != "seed"})
         with _lock(root):
             if not _complete(root):  # another process may have generated it while we waited
                 logger.info("generating the synthetic dataset in %s ...", root)
                 _generate_into(root, params)
     info_path = root / "synthetic.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    made = info.get("params", {})
+    made = {**LATER_KEYS, **info["params"]} if "params" in info else {}
     wanted = {k: v for k, v in params.items() if k != "workers"}
     if made and any(made.get(k) != v for k, v in wanted.items()):
         logger.warning(

@@ -79,7 +79,7 @@ def test_split_files_are_well_formed_and_groups_never_cross(small):
 
 def test_audio_and_depth_sit_beside_every_video(small):
     info = json.loads((small / "synthetic.json").read_text())
-    assert info["params"] == SMALL and [c["name"] for c in info["classes"]] == NAMES
+    assert info["params"] == {**SMALL, **synthetic.LATER_KEYS} and [c["name"] for c in info["classes"]] == NAMES
     assert info["depth"]["units"] == "millimetres"
     for path in _videos(small):
         with wave.open(str(path.with_suffix(".wav"))) as w:
@@ -295,6 +295,10 @@ def test_load_refuses_a_folder_with_foreign_data(tmp_path):
         ("size", 33, "size must be even"),
         ("classes", len(synthetic.MOTIONS) + 1, "classes must be"),
         ("videos_per_class", 1, ">= 2"),
+        ("noise", -1.0, "noise and camera must be >= 0"),
+        ("camera", -0.5, "noise and camera must be >= 0"),
+        ("distractors", synthetic.MAX_DISTRACTORS + 1, "distractors must be"),
+        ("contrast", 300.0, "contrast must be"),
     ],
 )
 def test_bad_settings_are_user_errors(tmp_path, key, value, message):
@@ -310,3 +314,142 @@ def test_unknown_generate_key_is_named(tmp_path):
     cfg = {"name": "synthetic", "root": str(tmp_path), "split": 1, "generate": {"frame": 8}}
     with pytest.raises(UserError, match="dataset.generate.frame"):
         synthetic.load(cfg)
+
+
+# ---- nuisance options: each changes what it says and nothing else -------------------------------
+
+
+def _render(label=0, group=1, clip=1, frames=12, size=32, **options):
+    return synthetic.render_video(label, 3, group, clip, frames=frames, size=size, fps=25.0, **options)
+
+
+def _same_draws(a: dict, b: dict, skip: tuple[str, ...]) -> None:
+    """The two videos' drawn parameters agree on every key outside `skip`."""
+    assert a.keys() == b.keys()
+    for key in a.keys() - set(skip):
+        assert np.array_equal(np.asarray(a[key], dtype=object), np.asarray(b[key], dtype=object)), key
+
+
+def test_noise_adds_independent_pixel_noise_of_the_set_std_and_matching_depth_and_audio_noise():
+    clean, noisy = _render(size=64), _render(size=64, noise=8.0)
+    _same_draws(clean["params"], noisy["params"], skip=("added_noise",))
+    rgb = noisy["rgb"].astype(float) - clean["rgb"]
+    inside = (clean["rgb"] > 40) & (clean["rgb"] < 215)  # clipping at 0 and 255 would shrink the std
+    assert rgb[inside].std() == pytest.approx(8.0, rel=0.05) and abs(rgb[inside].mean()) < 0.2
+    channels = rgb.reshape(-1, 3)
+    assert abs(np.corrcoef(channels[:, 0], channels[:, 1])[0, 1]) < 0.05  # colour noise, not grey
+    depth = noisy["depth"].astype(float) - clean["depth"]
+    assert depth.std() == pytest.approx(8.0 * synthetic.DEPTH_NOISE_MM, rel=0.05)
+    audio = noisy["audio"].astype(float) - clean["audio"]
+    assert audio.std() == pytest.approx(8.0 / 255 * 32767, rel=0.05)
+
+
+def _background_velocity(rgb: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Median (x, y) px per frame by which the background moves between consecutive frames (rgb:
+    T x H x W x 3, keep: T x H x W): a search over moves, 0.5 px apart then 0.1 px apart around the
+    best, with OpenCV's bilinear warp wrapping around. In colour: both background colours may have
+    the same grey level."""
+    size, rgb = rgb.shape[1], rgb.astype(np.float32)
+    keep = np.stack([cv2.erode(k.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0 for k in keep])  # no edges
+
+    def error(a, b, ok, move):
+        shift = np.float32([[1, 0, move[0]], [0, 1, move[1]]])
+        moved = cv2.warpAffine(a, shift, (size, size), borderMode=cv2.BORDER_WRAP)
+        return np.abs(moved - b)[ok].mean()
+
+    found = []
+    for a, b, ok in zip(rgb[:-1], rgb[1:], keep[:-1] & keep[1:], strict=True):
+        best = (0.0, 0.0)
+        for step, reach in ((0.5, 2.0), (0.1, 0.5)):
+            grid = np.arange(-reach, reach + step / 2, step)
+            best = min(((best[0] + x, best[1] + y) for x in grid for y in grid), key=lambda m: error(a, b, ok, m))
+        found.append(best)
+    return np.median(found, axis=0)
+
+
+@pytest.mark.parametrize("clip", [1, 2])
+def test_camera_pans_background_and_object_by_the_drawn_velocity(clip):
+    frames, size, camera = 8, 64, 1.5
+    options = {"frames": frames, "size": size, "clip": clip, "contrast": 150.0}  # a background to see
+    still, panned = _render(**options), _render(**options, camera=camera)
+    _same_draws(still["params"], panned["params"], skip=("camera",))
+    velocity = panned["params"]["camera"]
+    assert 0.5 < np.hypot(*velocity) <= camera  # px per frame (size 64: no scaling); big enough to measure
+    assert np.array_equal(still["audio"], panned["audio"])  # the sound source does not see the camera
+    assert np.array_equal(still["rgb"][0], panned["rgb"][0])  # frame 0: nothing has moved yet
+    background = panned["depth"] > synthetic.OBJECT_MM[1]
+    measured = _background_velocity(panned["rgb"], background)
+    assert np.allclose(measured, velocity, atol=0.15), (measured, velocity)
+    still_velocity = _background_velocity(still["rgb"], still["depth"] > synthetic.OBJECT_MM[1])
+    assert np.allclose(still_velocity, 0, atol=0.15)  # a warp smooths the noise: a small bias
+    # the object (MoveLeft) moves by its own velocity plus the camera's
+    own = np.array([-panned["params"]["speed"], 0.0])
+    steps = [_wrapped_steps(_centroids(~background)[:, i], size) for i in (0, 1)]
+    assert np.allclose(np.median(steps, axis=1), own + velocity, atol=0.15)
+
+
+def test_a_distractor_adds_a_moving_disc_behind_the_object_and_nothing_else():
+    size, frames = 64, 12
+    plain, busy = (_render(label=8, frames=frames, size=size, distractors=n) for n in (0, 1))  # RotateCW
+    _same_draws(plain["params"], busy["params"], skip=("distractors",))
+    (d,) = busy["params"]["distractors"]
+    assert np.array_equal(plain["audio"], busy["audio"])  # silent
+    # where a disc of radius r sliding at the drawn velocity would be (the world wraps around)
+    t, grid = np.arange(frames)[:, None, None], np.arange(size) + 0.5
+    dx = (grid[None, None, :] - d["c0"][0] - d["velocity"][0] * t + size / 2) % size - size / 2
+    dy = (grid[None, :, None] - d["c0"][1] - d["velocity"][1] * t + size / 2) % size - size / 2
+    distance = np.hypot(dx, dy)
+    behind = plain["depth"] <= synthetic.OBJECT_MM[1]  # the object hides it
+    rgb_changed, depth_changed = (plain[k] != busy[k] for k in ("rgb", "depth"))
+    assert not rgb_changed.any(-1)[distance > d["r"] + 1].any()  # nothing changes elsewhere
+    assert not depth_changed[distance > d["r"] + 1].any()
+    inside = (distance < d["r"] - 1) & ~behind
+    assert inside.sum() > frames * 0.5 * np.pi * d["r"] ** 2 and depth_changed[inside].all()
+    assert rgb_changed.any(-1)[inside].mean() > 0.9  # its texture may match the background here and there
+    assert (synthetic.DISTRACTOR_MM[0] - 1 <= busy["depth"][depth_changed]).all()
+    assert (busy["depth"][depth_changed] <= synthetic.DISTRACTOR_MM[1] + 1).all()
+    assert not depth_changed[behind].any()  # behind the object: hidden wherever the object covers it fully
+    covered = np.stack([cv2.erode(b.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0 for b in behind])
+    assert (covered & (distance < d["r"])).any() and not rgb_changed.any(-1)[covered].any()
+
+
+def test_nuisances_are_drawn_independently_of_the_class():
+    """Camera velocity and distractor factors of 14 classes x 20 videos: a classifier on them is near chance."""
+    features, y = [], []
+    options = {"frames": 2, "size": 16, "camera": 1.0, "distractors": 1}
+    for label in range(len(synthetic.MOTIONS)):
+        for n in range(20):
+            p = _render(label=label, group=n // 4 + 1, clip=n % 4 + 1, **options)["params"]
+            (d,) = p["distractors"]
+            features.append([*p["camera"], *d["velocity"], d["r"], d["depth_mm"], *d["colour"], *d["c0"]])
+            y.append(label)
+    accuracy = _nearest_class_mean(np.array(features), np.array(y))
+    assert accuracy <= 0.2, accuracy  # chance: 1/14
+
+
+def test_options_are_deterministic_recorded_and_change_the_files(tmp_path):
+    params = {"classes": 3, "videos_per_class": 2, "frames": 6, "size": 32, "seed": 5}
+    options = {"noise": 4.0, "camera": 1.0, "distractors": 2, "contrast": 30.0}
+    synthetic.generate(tmp_path / "a", **params, **options, workers=1)
+    synthetic.generate(tmp_path / "b", **params, **options, workers=2)
+    synthetic.generate(tmp_path / "c", **params, workers=1)
+    a, b, c = _tree(tmp_path / "a"), _tree(tmp_path / "b"), _tree(tmp_path / "c")
+    assert a == b
+    assert json.loads(a["synthetic.json"])["params"] == {**params, "fps": 25.0, **options}
+    assert all(a[k] != c[k] for k in a if k.endswith(".avi"))
+
+
+def test_a_folder_generated_with_other_options_is_reported(tmp_path, caplog):
+    root = tmp_path / "synthetic"
+    synthetic.load(_cfg(root))
+    info = json.loads((root / "synthetic.json").read_text())
+    for key in synthetic.LATER_KEYS:  # as written before the options existed: read as their defaults
+        del info["params"][key]
+    (root / "synthetic.json").write_text(json.dumps(info))
+    with caplog.at_level(logging.WARNING, logger=synthetic.__name__):
+        synthetic.load(_cfg(root))
+        assert not caplog.records
+        index = synthetic.load(_cfg(root, generate={"camera": 1.0}))
+    (record,) = caplog.records
+    assert str(root) in record.getMessage() and "'camera': 1.0" in record.getMessage()
+    assert index.extra["generate"]["camera"] == 0.0  # the folder as it is
