@@ -4,9 +4,12 @@ a temporary name and renamed into place, so a kill at any moment never leaves ha
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
+
+from mvcoding.errors import UserError
 
 
 def _tmp(path: Path) -> Path:
@@ -28,3 +31,15 @@ def save_atomic(obj, path: str | Path) -> None:
     tmp = _tmp(path)
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def load_safe(path: str | Path):
+    """torch.load(path, weights_only=True) on the CPU: tensors and plain data only, so a file from
+    someone else cannot run code. A file that needs anything more is refused in one UserError line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        refused = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]  # a class or function
+        if not refused:
+            raise  # not a refusal but a damaged file, for the caller to report
+        raise UserError(f"refusing to load {path}: it holds more than tensors and plain data ({refused[0]})") from e

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from mvcoding.errors import UserError
-from mvcoding.files import save_atomic, write_text_atomic
+from mvcoding.files import load_safe, save_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +315,9 @@ def load_result(path) -> tuple[dict, dict, Path]:
     if not probs.is_file():
         raise UserError(f"{path}: no probs.pt beside it; fuse takes linear or finetune results (they save it)")
     try:
-        return json.loads(results.read_text()), torch.load(probs, map_location="cpu", weights_only=False), folder
+        return json.loads(results.read_text()), load_safe(probs), folder
+    except UserError:
+        raise
     except Exception as e:
         raise UserError(f"cannot read {results} or {probs} ({type(e).__name__}); rerun that evaluation") from e
 

@@ -31,7 +31,7 @@ from mvcoding.config import run_dir
 from mvcoding.data import EpochSampler, MultiViewClips, make_loader, video_lengths
 from mvcoding.datasets import DatasetIndex, load_dataset
 from mvcoding.errors import UserError
-from mvcoding.files import save_atomic
+from mvcoding.files import load_safe, save_atomic
 from mvcoding.model import MultiViewModel, build_views
 from mvcoding.monitor import Monitor, make_monitor, monitor_every
 from mvcoding.objectives import CMCObjective, build_objective
@@ -59,12 +59,16 @@ def pick_device(name: str) -> torch.device:
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The process's RNG states as tensors and plain data (so checkpoints load with weights_only=True)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy = [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]
+    return {"torch": torch.get_rng_state(), "numpy": numpy, "python": random.getstate()}
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
 
 
@@ -289,7 +293,7 @@ def save_checkpoint(run: Run, pos: Position) -> None:
 
 def restore(run: Run, path: Path) -> Position:
     """Load the checkpoint at `path` into `run` (and the process's RNGs); returns its position."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # load_state_dict moves to the device
+    ckpt = load_safe(path)  # on the CPU: load_state_dict moves to the device
     trained = (ckpt.get("config") or {}).get("objective", {}).get("name")
     if trained != run.cfg.objective.name:
         raise UserError(

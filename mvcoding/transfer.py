@@ -45,7 +45,7 @@ from mvcoding import reports
 from mvcoding.data import EpochSampler, MultiViewClips, make_loader, video_lengths
 from mvcoding.datasets import DatasetIndex, load_dataset
 from mvcoding.errors import UserError
-from mvcoding.files import save_atomic
+from mvcoding.files import load_safe, save_atomic
 from mvcoding.model import build_views
 from mvcoding.optim import build_optimizer, lr_factor
 from mvcoding.registry import Aug, View
@@ -131,8 +131,10 @@ def load_encoders(views: dict[str, View], checkpoint: Path | None) -> dict[str, 
     if checkpoint is None:
         return encoders
     try:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        ckpt = load_safe(checkpoint)
         state = ckpt["model"]
+    except UserError:
+        raise
     except Exception as e:
         raise UserError(f"cannot read checkpoint {checkpoint} ({type(e).__name__}: {str(e)[:120]}); "
                         "pass a checkpoint written by mvcoding train") from e  # fmt: skip
@@ -242,7 +244,7 @@ def clip_features(s: EvalSetup, out: Path) -> dict:
     }  # fmt: skip
     path = out / "features.pt"
     if path.is_file():
-        cached = torch.load(path, map_location="cpu", weights_only=False)
+        cached = load_safe(path)
         if cached.get("key") == json.loads(json.dumps(key)):
             log.info("reusing the features in %s", path)
             return cached

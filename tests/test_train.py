@@ -38,7 +38,7 @@ def test_short_run_writes_the_run_directory(synthetic_root, tmp_path):
     for key in ("loss", "loss/rgb-flow", "mi/rgb-flow", "lr", "clips_per_s", "data_wait"):
         assert key in rows[4], key
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows.values())
-    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["step"] == 4 and set(ckpt["views"]) == {"rgb", "flow"}
     assert (run / "config.yaml").is_file() and (run / "training.png").stat().st_size > 1000
     assert load_config(run / "config.yaml").train.max_steps == 4  # the resolved config loads back
@@ -88,7 +88,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(synthetic_root, tmp_p
     assert proc.poll() is None, "the run ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)  # mid-epoch: 24 videos / batch 4 = 6 steps per epoch
     proc.wait()
-    killed_at = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    killed_at = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert 0 < killed_at["step"] < 11 and killed_at["batch_in_epoch"] > 0
 
     train(load_config(SYNTHETIC, args + ["resume=auto"]))
@@ -116,8 +116,8 @@ def test_torchrun_two_processes_match_one_process(synthetic_root, tmp_path):
     for step in ref:
         assert ours[step]["loss"] == pytest.approx(ref[step]["loss"], rel=1e-4, abs=1e-5), step
         assert ours[step]["bank_max_diff"] == 0.0  # every rank holds the same memory banks
-    a = torch.load(single / "checkpoints" / "last.pt", weights_only=False)["objective"]
-    b = torch.load(double / "checkpoints" / "last.pt", weights_only=False)["objective"]
+    a = torch.load(single / "checkpoints" / "last.pt", weights_only=True)["objective"]
+    b = torch.load(double / "checkpoints" / "last.pt", weights_only=True)["objective"]
     for key in a:  # unit rows after 5 steps: float summation order differs between 1 and 2 processes (~5e-5)
         torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=5e-4)
 
@@ -140,8 +140,8 @@ def test_torchrun_supervised_matches_one_process(synthetic_root, tmp_path):
     assert sorted(ours) == sorted(ref) == [1, 2, 3, 4]
     for step in ref:
         assert ours[step]["loss"] == pytest.approx(ref[step]["loss"], rel=1e-4, abs=1e-5), step
-    a = torch.load(single / "checkpoints" / "last.pt", weights_only=False)
-    b = torch.load(double / "checkpoints" / "last.pt", weights_only=False)
+    a = torch.load(single / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(double / "checkpoints" / "last.pt", weights_only=True)
     torch.testing.assert_close(a["objective"], b["objective"], rtol=1e-4, atol=1e-5)
 
 
@@ -181,7 +181,7 @@ def test_predictive_baseline_trains(synthetic_root, tmp_path):
     train(load_config(SYNTHETIC, tiny(synthetic_root, **over)))
     rows = metrics(run)
     assert sorted(rows) == [1, 2, 3] and all(r["loss/rgb->flow"] > 0 for r in rows.values())
-    state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["objective"]
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["objective"]
     assert "decoder.fc.weight" in state and not any(k.startswith("banks.") for k in state)
 
 
@@ -202,7 +202,7 @@ def test_supervised_objective_learns_the_labels(synthetic_root, tmp_path):
     top1 = sum(r["train_top1"] for r in rows[-5:]) / 5  # the whole train split in every batch
     assert top1 > 0.4, [round(r["train_top1"], 2) for r in rows]
     assert sum(r["loss"] for r in rows[-5:]) / 5 < sum(r["loss"] for r in rows[:5]) / 5 - 0.3
-    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["objective"]["classifier.weight"].shape == (8, ckpt["model"]["heads.rgb.weight"].shape[1])
     assert ckpt["views"] == ["rgb"]
 
@@ -212,7 +212,7 @@ def test_supervised_run_resumes(synthetic_root, tmp_path):
     reference, run = tmp_path / "reference", tmp_path / "stopped"
     train(load_config(SYNTHETIC, supervised(synthetic_root, **over, **{"run.dir": reference, "train.max_steps": 5})))
     train(load_config(SYNTHETIC, supervised(synthetic_root, **over, **{"run.dir": run, "train.max_steps": 3})))
-    assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["batch_in_epoch"] == 1
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["batch_in_epoch"] == 1
     args = supervised(synthetic_root, **over, **{"run.dir": run, "train.max_steps": 5, "resume": "auto"})
     train(load_config(SYNTHETIC, args))
     ours, ref = metrics(run), metrics(reference)
@@ -237,7 +237,7 @@ def test_memory_bank_training_does_not_collapse_the_bank(tmp_path, synthetic_roo
     over = tiny(synthetic_root, **{"run.dir": run, "train.max_steps": 12, "optim.name": "sgd", "optim.lr": 0.03,
                                    "optim.warmup_steps": 0})  # fmt: skip
     assert main(["train", SYNTHETIC, *over]) == 0
-    state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["objective"]
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["objective"]
     for view in ("rgb", "flow"):
         bank = state[f"banks.{view}"]  # (N, D), unit rows
         n = bank.shape[0]
@@ -251,3 +251,17 @@ def test_center_embeddings_removes_the_batch_mean():
     h = torch.tensor([[1.0, 2.0], [3.0, 6.0]])
     assert torch.equal(center_embeddings(h), torch.tensor([[-1.0, -2.0], [1.0, 2.0]]))  # mean (2, 4)
     assert torch.equal(center_embeddings(h[:1]), h[:1])  # a batch of one keeps its only row
+
+
+def test_resume_from_a_checkpoint_with_a_payload_is_refused_without_running_it(tmp_path, synthetic_root, capsys):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"model": {}, "extra": Payload()}, hostile)
+    over = tiny(synthetic_root, **{"run.dir": tmp_path / "run", "resume": hostile, "train.max_steps": 1})
+    assert main(["train", SYNTHETIC, *over]) == 2
+    assert "refusing to load" in capsys.readouterr().err and not marker.exists()

@@ -8,6 +8,7 @@ probs.pt) with plain code, so a wrong aggregation or a report that disagrees wit
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -232,10 +233,10 @@ def test_linear_results_agree_with_the_saved_features(tiny, linear_run):
         assert (linear_run / f).stat().st_size > 0, f
     assert "video_top1" in (linear_run / "summary.md").read_text()
 
-    feats = torch.load(linear_run / "features.pt", weights_only=False)
+    feats = torch.load(linear_run / "features.pt", weights_only=True)
     assert feats["train"]["x"].shape == (12 * 2, 3, 256) and feats["test"]["x"].shape == (6 * 2, 3, 256)
-    clf = torch.load(linear_run / "classifier.pt", weights_only=False)
-    saved = torch.load(linear_run / "probs.pt", weights_only=False)
+    clf = torch.load(linear_run / "classifier.pt", weights_only=True)
+    saved = torch.load(linear_run / "probs.pt", weights_only=True)
     # clip probabilities: the classifier on standardised features, softmax, mean over the 3 crops
     z = (feats["test"]["x"] - clf["mean"]) / clf["std"]
     clip_probs = (z @ clf["weight"].T + clf["bias"]).softmax(-1).mean(1)
@@ -270,8 +271,8 @@ def test_features_are_reused_for_the_same_run_dir(tiny, linear_run, monkeypatch)
 def test_random_init_is_a_different_encoder(random_run, linear_run):
     results = json.loads((random_run / "results.json").read_text())
     assert results["checkpoint"] is None and results["protocol"]["random_init"] is True
-    a = torch.load(random_run / "features.pt", weights_only=False)["test"]["x"]
-    b = torch.load(linear_run / "features.pt", weights_only=False)["test"]["x"]
+    a = torch.load(random_run / "features.pt", weights_only=True)["test"]["x"]
+    b = torch.load(linear_run / "features.pt", weights_only=True)["test"]["x"]
     assert a.shape == b.shape and not torch.allclose(a, b)
 
 
@@ -281,7 +282,7 @@ def test_retrieval_recall_agrees_with_a_plain_loop(tiny, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["task"] == "retrieval" and results["level"]["recall@1"].startswith("video")
     assert (out / "retrieval.png").stat().st_size > 5000 and (out / "summary.md").is_file()
-    feats = torch.load(out / "features.pt", weights_only=False)
+    feats = torch.load(out / "features.pt", weights_only=True)
     q = feats["test"]["x"].mean(1).view(6, 2, -1).mean(1)  # crops, then the 2 clips of each video
     g = feats["train"]["x"].mean(1).view(12, 2, -1).mean(1)
     ql, gl = torch.arange(3).repeat_interleave(2), torch.arange(3).repeat_interleave(4)
@@ -299,12 +300,12 @@ def test_finetune_trains_the_backbone_at_its_own_rate(tiny, tmp_path, mult):
     transfer.evaluate("finetune", tiny.cfg(checkpoint=tiny.checkpoint, **over))
     results = json.loads((out / "results.json").read_text())
     assert results["task"] == "finetune" and results["protocol"]["views"] == ["rgb"]
-    saved = torch.load(out / "probs.pt", weights_only=False)
+    saved = torch.load(out / "probs.pt", weights_only=True)
     assert saved["clip_probs"].shape == (12, 3) and torch.allclose(saved["clip_probs"].sum(1), torch.ones(12))
     video_probs = saved["clip_probs"].view(6, 2, 3).mean(1)
     assert torch.allclose(video_probs, saved["probs"], atol=1e-6)
     assert results["metrics"]["video_top1"] == pytest.approx(topk_accuracy(video_probs, saved["labels"]), abs=1e-6)
-    tuned = torch.load(out / "finetuned.pt", weights_only=False)
+    tuned = torch.load(out / "finetuned.pt", weights_only=True)
     before, after = tiny.state["encoders.rgb.features.0.weight"], tuned["encoder"]["features.0.weight"]
     assert torch.equal(before, after) == (mult == 0.0)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1  # one line per epoch
@@ -313,19 +314,19 @@ def test_finetune_trains_the_backbone_at_its_own_rate(tiny, tmp_path, mult):
 def test_fuse_averages_the_two_streams(tiny, linear_run, random_run, tmp_path):
     out = transfer.fuse(linear_run / "results.json", random_run, out=tmp_path / "fused")
     results = json.loads((out / "results.json").read_text())
-    a = torch.load(linear_run / "probs.pt", weights_only=False)
-    b = torch.load(random_run / "probs.pt", weights_only=False)
+    a = torch.load(linear_run / "probs.pt", weights_only=True)
+    b = torch.load(random_run / "probs.pt", weights_only=True)
     fused = (a["probs"] + b["probs"]) / 2
     top1 = sum(int(fused[v].argmax() == a["labels"][v]) for v in range(len(fused))) / len(fused)
     assert results["task"] == "fuse" and results["metrics"]["video_top1"] == pytest.approx(top1, abs=1e-6)
     assert results["split"] == 1 and results["checkpoint"] == [str(tiny.checkpoint), None]
     assert "clip_top1" in results["metrics"]  # same clips in both streams
     assert (out / "confusion.png").is_file() and (out / "summary.md").is_file()
-    assert torch.allclose(torch.load(out / "probs.pt", weights_only=False)["probs"], fused)
+    assert torch.allclose(torch.load(out / "probs.pt", weights_only=True)["probs"], fused)
 
     other = tmp_path / "other"
     shutil.copytree(random_run, other)
-    saved = torch.load(other / "probs.pt", weights_only=False)
+    saved = torch.load(other / "probs.pt", weights_only=True)
     torch.save(saved | {"video_ids": saved["video_ids"][::-1]}, other / "probs.pt")
     with pytest.raises(UserError, match="different test videos"):
         transfer.fuse(linear_run / "results.json", other / "results.json", out=tmp_path / "x")
@@ -346,3 +347,33 @@ def test_cli_eval_runs_and_reports_user_errors(tiny, tmp_path, capsys):
     assert main(["eval", "linear", str(tiny.config), f"checkpoint={tmp_path / 'none.pt'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: checkpoint=") and "Traceback" not in "\n".join(err)
+
+
+# ----------------------------------------------------------------------------- files from others run no code
+class Payload:
+    """Unpickling this runs `touch marker`: what a hostile checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_or_probs_file_with_a_payload_is_refused_without_running_it(tiny, linear_run, tmp_path):
+    marker = tmp_path / "ran"
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"model": tiny.state, "views": ["rgb"], "extra": Payload(marker)}, hostile)
+    with pytest.raises(UserError, match="refusing to load .*hostile.pt"):
+        transfer.evaluate("linear", tiny.cfg(checkpoint=hostile, **{"run.dir": tmp_path / "a"}))
+    folder = tmp_path / "result"
+    shutil.copytree(linear_run, folder)
+    torch.save({"probs": torch.zeros(1), "extra": Payload(marker)}, folder / "probs.pt")
+    with pytest.raises(UserError, match="refusing to load .*probs.pt"):
+        transfer.fuse(folder / "results.json", linear_run, out=tmp_path / "fused")
+    features = tmp_path / "b" / "features.pt"  # a features cache found in an eval run dir
+    features.parent.mkdir()
+    torch.save({"key": None, "extra": Payload(marker)}, features)
+    with pytest.raises(UserError, match="refusing to load .*features.pt"):
+        transfer.evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **{"run.dir": tmp_path / "b"}))
+    assert not marker.exists()

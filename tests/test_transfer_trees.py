@@ -48,7 +48,7 @@ def test_eval_commands_on_official_layouts(dataset, checkpoint, tmp_path):
     assert (tmp_path / f"{dataset}-retrieval" / "retrieval.png").is_file()
 
     # video-level recall@k recomputed from the saved features with a plain loop over the similarities
-    feats = torch.load(tmp_path / f"{dataset}-retrieval" / "features.pt", weights_only=False)
+    feats = torch.load(tmp_path / f"{dataset}-retrieval" / "features.pt", weights_only=True)
 
     def per_video(part):  # mean over crops, then over each video's clips: (V, D), in video order
         x, video = part["x"].mean(1), part["video"]
@@ -67,7 +67,7 @@ def test_eval_commands_on_official_layouts(dataset, checkpoint, tmp_path):
     # two-stream fusion of the linear probe and the fine-tuned classifier, recomputed from their probs
     a, b, fused = tmp_path / f"{dataset}-linear", tmp_path / f"{dataset}-finetune", tmp_path / f"{dataset}-fused"
     assert main(["eval", "fuse", str(a / "results.json"), str(b / "results.json"), f"--out={fused}"]) == 0
-    pa, pb = (torch.load(d / "probs.pt", weights_only=False) for d in (a, b))
+    pa, pb = (torch.load(d / "probs.pt", weights_only=True) for d in (a, b))
     expected = ((pa["probs"] + pb["probs"]).argmax(1) == pa["labels"]).float().mean().item()
     fused_top1 = json.loads((fused / "results.json").read_text())["metrics"]["video_top1"]
     assert fused_top1 == pytest.approx(expected, abs=1e-6)
