@@ -126,7 +126,7 @@ def mean_pairwise_cosine(rows: Tensor) -> Tensor:
     every logit equal and the loss at log(K + 1)); near 0: rows spread out.
     """
     n = rows.shape[0]
-    return (rows.double().sum(0).square().sum() - n) / (n * (n - 1))
+    return (rows.sum(0, dtype=torch.float64).square().sum() - n) / (n * (n - 1))  # no float64 copy of the bank
 
 
 def nce_softmax_loss(logits: Tensor) -> Tensor:

@@ -351,10 +351,7 @@ def run_cell(spec: Spec, cell: Cell, seed: int, folder: Path) -> dict:
         metrics["video_top1"], metrics["clip_top1"] = m["video_top1"], m["clip_top1"]
     if "retrieval" in spec.evals:
         metrics["retrieval_r1"] = retrieval(cfg, folder / "eval-retrieval")["recall@1"]
-    results = {}
-    for task in spec.evals:
-        with open(folder / f"eval-{task}" / "results.json") as f:
-            results = json.load(f)
+    results = json.loads((folder / f"eval-{spec.evals[-1]}" / "results.json").read_text())  # dataset, classes
     record = {
         "cell": cell.name,
         "group": cell.group,
@@ -453,11 +450,11 @@ def table(spec: Spec, rows: Sequence[dict], p: float | None) -> str:
 def plot(spec: Spec, rows: Sequence[dict], p: float | None, path: Path) -> None:
     """Horizontal bars per cell (probe video top-1, and retrieval R@1 when run): mean over seeds, error
     bars the sample std, coloured by group, the chance line on the probe panel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
+
+    from mvcoding.reports import _pyplot
+
+    plt = _pyplot()
 
     panels = [("video_top1", "linear probe video top-1 (%)")]
     if any(r["retrieval_r1"]["mean"] is not None for r in rows):

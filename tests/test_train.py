@@ -98,6 +98,15 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(synthetic_root, tmp_p
         assert ours[step]["loss"] == pytest.approx(ref[step]["loss"], rel=1e-5, abs=1e-6), step
 
 
+def torchrun_train(args: list[str]) -> None:
+    """`torchrun --nproc_per_node=2 -m mvcoding train SYNTHETIC args` (gloo on the CPU); fails on a non-zero exit."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "mvcoding", "train", SYNTHETIC, *args]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_torchrun_two_processes_match_one_process(synthetic_root, tmp_path):
     over = {"train.max_steps": 5, "views.rgb.encoder": "small3d_gn", "views.flow.encoder": "small3d_gn",
             "data.workers": 0, "device": "cpu"}  # fmt: skip
@@ -106,11 +115,7 @@ def test_torchrun_two_processes_match_one_process(synthetic_root, tmp_path):
 
     double = tmp_path / "double"
     args = tiny(synthetic_root, **over, **{"run.dir": double, "train.batch_size": 2})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "mvcoding", "train", SYNTHETIC, *args]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun_train(args)
     ours, ref = metrics(double), metrics(single)
     assert sorted(ours) == sorted(ref) == [1, 2, 3, 4, 5]
     for step in ref:
@@ -131,11 +136,7 @@ def test_torchrun_supervised_matches_one_process(synthetic_root, tmp_path):
     train(load_config(SYNTHETIC, supervised(synthetic_root, **over, **{"run.dir": single, "train.batch_size": 8})))
     double = tmp_path / "double"
     args = supervised(synthetic_root, **over, **{"run.dir": double, "train.batch_size": 4})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "mvcoding", "train", SYNTHETIC, *args]  # fmt: skip
-    done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun_train(args)
     ours, ref = metrics(double), metrics(single)
     assert sorted(ours) == sorted(ref) == [1, 2, 3, 4]
     for step in ref:
