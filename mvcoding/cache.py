@@ -1,29 +1,45 @@
-"""The HDF5 cache of per-video arrays (flow, depth, RGB frames, ...): layout, writer pieces, reader.
+"""The HDF5 cache of views' precompute stages: layout, parts, checksums, identity, locks, reader.
 
-One cache is a directory per (dataset, modality, algorithm, resolution)::
+Layout, one folder per dataset and one per cache (a view's precompute stage and its settings)::
 
-    <cache.dir>/<dataset>-<modality>-<algorithm>-<H>x<W>/     (or ...-native for native size)
-        provenance.json       what the cache holds (below); every part carries the same as attributes
-        part-00000.h5         a complete part: one dataset per video of that part
-        part-00000.json       its index sidecar: {video_id: {num_frames, fps, source_size, ...}}, failures
-        part-00001.h5.tmp     a part being written (or left by a killed run; the next run deletes it)
+    <cache.dir>/<dataset>/                       dataset.name, plus the root's folder name where it differs
+        lengths.json                             video lengths (mvcoding.data.video_lengths)
+        <cache>-<label>-<H>x<W>-<hash>/          e.g. flow-dis-128x171-3fa9c2d1 (native: ...-native-...)
+            provenance.json                      what the cache holds (below); every part carries it too
+            part-00000.h5                        a complete part: one dataset per video of that part
+            part-00000.json                      its index sidecar: {video_id: entry attrs}, failures
+            part-00000.lock                      the part's writer lock (fcntl), taken by `mvcoding precompute`
+            part-00000.h5.tmp<pid>               a part being written by process <pid>
 
-A part is `videos_per_part` consecutive videos of the sorted video list, so every machine agrees on
-them. It is written under a temporary name and renamed into place when complete, so a killed writer
-loses at most the parts in flight, never a finished one. The sidecar is written after the rename and
-records the size and mtime of the part it describes; a missing or outdated sidecar is rebuilt from the
-part's own attributes. Entries are `(T, C, H, W)` arrays (uint8 for flow and depth) keyed by video id
-(nested groups: the id's slashes), chunked one frame per chunk, so a clip read touches only its frames.
+<hash> is a digest of the provenance without source_root, so each setting of a stage has its own
+folder and caches of different settings live side by side. A part is `videos_per_part` consecutive
+videos of the sorted video list, so every machine agrees on them. It is built in memory and written
+under a temporary name, then renamed into place: a killed writer loses at most the parts in flight,
+and a full disk is one error line, never half a file. The sidecar is written after the rename and
+records the size and mtime of the part it describes; a missing or outdated sidecar is rebuilt from
+the part's own attributes.
 
-Provenance: {"format_version", "modality", "algorithm", "params", "resolution", "encoding",
-"source_root"}. Readers and resumed writers compare everything but INFO_KEYS (the source root may be
-mounted elsewhere on another machine) and refuse a cache made differently.
+Entries are `(T, C, H, W)` arrays keyed by video id (nested groups: the id's slashes), chunked one
+frame per chunk (a clip read touches only its frames), lzf-compressed and checksummed (HDF5's
+fletcher32 filter: a damaged chunk fails its read, it never returns wrong numbers). Each entry's
+attributes: num_frames, fps, the stage's own, and the identity of the source file it was made from:
+source_path (relative to the dataset root), source_size, source_mtime_ns. A reader refuses an entry
+whose source differs from the dataset's file (another dataset, or a changed video).
+
+Provenance: {"format_version", "cache", "settings", "resolution", "dataset", "source_root"}. Readers
+and resumed writers compare everything but INFO_KEYS (the root may be mounted elsewhere on another
+machine) and refuse a cache made differently.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
+import io
 import json
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,15 +49,67 @@ import numpy as np
 from mvcoding.errors import UserError
 from mvcoding.files import write_text_atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 INFO_KEYS = ("source_root",)  # recorded, not compared
 PROVENANCE_FILE = "provenance.json"
+IDENTITY_KEYS = ("source_path", "source_size", "source_mtime_ns")
 
 
-def cache_path(cache_dir: str | Path, *, dataset: str, modality: str, algorithm: str, resolution) -> Path:
-    """The cache directory of (dataset, modality, algorithm, resolution); resolution [H, W] or None (native)."""
-    res = "native" if resolution is None else f"{int(resolution[0])}x{int(resolution[1])}"
-    return Path(cache_dir) / f"{dataset}-{modality}-{algorithm}-{res}"
+def fill_command(view: str) -> str:
+    """The command that fills (and repairs) the cache of `view`."""
+    return f"mvcoding precompute {view} CONFIG [the same overrides as this run]"
+
+
+# ---- where a cache lives -----------------------------------------------------------------------
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+=]+", "_", str(name)).strip("_") or "x"
+
+
+def dataset_folder(cache_dir: str | Path, dataset: str, root: str | Path) -> Path:
+    """<cache_dir>/<dataset name>[-<root folder name>]: two datasets of one name in different folders
+    (data/synthetic, data/synthetic_bench) keep apart in a shared cache.dir."""
+    base = _safe(Path(str(root)).resolve().name) if str(root) else ""
+    tag = _safe(dataset) if base in ("", _safe(dataset)) else f"{_safe(dataset)}-{base}"
+    return Path(cache_dir) / tag
+
+
+def _resolution(stage, view: str) -> list[int] | None:
+    res = stage.resolution
+    if res is None:
+        return None
+    try:
+        h, w = (int(v) for v in res)
+    except (TypeError, ValueError):
+        h = w = 0
+    if h <= 0 or w <= 0:
+        raise UserError(f"views.{view}.resolution={res!r} is not valid; use [H, W] or null (native size)")
+    return [h, w]
+
+
+def cache_location(*, cache_dir, dataset: str, root, view: str, stage) -> tuple[Path, dict]:
+    """The folder and provenance of view `view`'s precompute stage (a Precompute) on a dataset."""
+    name = stage.name or view
+    res = _resolution(stage, view)
+    provenance = normalize_provenance(
+        {
+            "format_version": FORMAT_VERSION,
+            "cache": name,
+            "settings": stage.settings,
+            "resolution": res,
+            "dataset": dataset,
+            "source_root": str(root),
+        }
+    )
+    key = json.dumps({k: v for k, v in provenance.items() if k not in INFO_KEYS}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    res_tag = "native" if res is None else f"{res[0]}x{res[1]}"
+    parts = [_safe(name), _safe(stage.label) if stage.label else None, res_tag, digest]
+    return dataset_folder(cache_dir, dataset, root) / "-".join(p for p in parts if p), provenance
+
+
+# ---- provenance --------------------------------------------------------------------------------
 
 
 def quantize(x: np.ndarray, bound: float) -> np.ndarray:
@@ -57,11 +125,14 @@ def dequantize(u: np.ndarray, bound: float) -> np.ndarray:
 
 def normalize_provenance(provenance: dict) -> dict:
     """Provenance as plain JSON data (tuples become lists), so comparisons are exact."""
-    return json.loads(json.dumps(provenance, sort_keys=True))
+    try:
+        return json.loads(json.dumps(provenance, sort_keys=True))
+    except TypeError as e:
+        raise UserError(f"a cache's settings must be plain data (numbers, strings, lists, dicts): {e}") from e
 
 
 def provenance_difference(have: dict, want: dict) -> str | None:
-    """A phrase naming the first differing key ('algorithm was 'farneback' ... asks for 'dis''), or None."""
+    """A phrase naming the first differing key ('settings.algorithm was 'farneback' ...'), or None."""
 
     def flat(d: dict, prefix: str = "") -> dict:
         out = {}
@@ -82,9 +153,19 @@ def provenance_difference(have: dict, want: dict) -> str | None:
     return None
 
 
+def read_json(path: Path, what: str):
+    """The JSON at `path`, or None if there is no file; UserError naming it if it cannot be read."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else f"not valid JSON: {e}"
+        raise UserError(f"cannot read {what} {path} ({why}); delete it to rebuild it") from e
+
+
 def read_provenance(path: Path) -> dict | None:
-    f = Path(path) / PROVENANCE_FILE
-    return json.loads(f.read_text()) if f.is_file() else None
+    return read_json(Path(path) / PROVENANCE_FILE, "the cache's provenance")
 
 
 def write_json_atomic(path: Path, data) -> None:
@@ -96,18 +177,53 @@ def ensure_provenance(path: Path, provenance: dict) -> None:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
+        have = read_provenance(path)
+        if have is None:
+            write_json_atomic(path / PROVENANCE_FILE, normalize_provenance(provenance))
+            return
     except OSError as e:
-        msg = f"cannot create the cache directory {path} ({e.strerror}); set cache.dir to a writable folder"
+        msg = f"cannot write the cache folder {path} ({e.strerror}); set cache.dir to a writable folder"
         raise UserError(msg) from e
-    have = read_provenance(path)
-    if have is None:
-        write_json_atomic(path / PROVENANCE_FILE, normalize_provenance(provenance))
-        return
     diff = provenance_difference(have, provenance)
     if diff:
-        raise UserError(
-            f"the cache {path} {diff}; set a different cache.dir or delete {path} to refill it with these settings"
+        raise UserError(f"the cache {path} {diff}; delete {path} to refill it with these settings")
+
+
+# ---- source identity ---------------------------------------------------------------------------
+
+
+def source_path(path: str, root) -> str:
+    """A video's path relative to the dataset root (POSIX), or its absolute path outside the root."""
+    p, r = Path(path).resolve(), Path(str(root)).resolve()
+    try:
+        return p.relative_to(r).as_posix()
+    except ValueError:
+        return p.as_posix()
+
+
+def source_identity(path: str, root) -> dict:
+    """{"source_path", "source_size", "source_mtime_ns"} of a video file now."""
+    st = os.stat(path)
+    return {"source_path": source_path(path, root), "source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns}
+
+
+def identity_difference(meta: dict, path: str, root) -> str | None:
+    """Why an entry with attributes `meta` was not made from the file at `path` (None if it was).
+
+    A file that is not there is judged by its relative path only (training from a copied cache)."""
+    want = source_path(path, root)
+    if meta.get("source_path") != want:
+        return f"was made from {meta.get('source_path')!r}, not from this dataset's {want!r}"
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if (meta.get("source_size"), meta.get("source_mtime_ns")) != (st.st_size, st.st_mtime_ns):
+        return (
+            f"was made from another file at {want} (size {meta.get('source_size')}, not {st.st_size}, or another "
+            f"modification time: the video changed, or the cache is another dataset's)"
         )
+    return None
 
 
 # ---- parts -------------------------------------------------------------------------------------
@@ -126,53 +242,121 @@ def _stamp(p: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
+def _attrs(a) -> dict:
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in a.items()}
+
+
 def _part_info_from_h5(h5path: Path) -> dict:
     import h5py
 
     with h5py.File(h5path, "r", locking=False) as f:
         failed = json.loads(f.attrs.get("failed", "{}"))
-        videos = {}
-        for vid in json.loads(f.attrs["videos"]):
-            a = f[vid].attrs
-            videos[vid] = {k: (v.item() if hasattr(v, "item") else v) for k, v in a.items()}
+        videos = {vid: _attrs(f[vid].attrs) for vid in json.loads(f.attrs["videos"])}
     return {"videos": videos, "failed": failed}
 
 
+def read_part(h5path: Path) -> dict:
+    """{"videos": {video_id: entry attrs}, "failed": {video_id: message}} of one complete part, from
+    its sidecar when that is current; UserError naming the file if the part cannot be read."""
+    side = h5path.with_suffix(".json")
+    try:
+        data = json.loads(side.read_text())
+        if data.get("h5") == _stamp(h5path):
+            return {"videos": data["videos"], "failed": data["failed"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no sidecar, a stale one (killed between the rename and the sidecar) or a damaged one
+    try:
+        return _part_info_from_h5(h5path)
+    except Exception as e:  # truncated, zero bytes, damaged metadata
+        raise UserError(f"the cache part {h5path} is damaged ({_short(e)})") from e
+
+
+def _short(e: Exception) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text[:160]
+
+
+def part_paths(path: str | Path) -> list[Path]:
+    return sorted(Path(path).glob("part-*.h5"))
+
+
 def read_parts(path: str | Path) -> dict[str, dict]:
-    """{part name: {"videos": {video_id: entry attrs}, "failed": {video_id: message}}} of the complete parts."""
-    parts = {}
-    for h5path in sorted(Path(path).glob("part-*.h5")):
-        side = h5path.with_suffix(".json")
-        info = None
-        if side.is_file():
+    """{part name: read_part(...)} of the complete parts; UserError at the first damaged one."""
+    return {p.stem: read_part(p) for p in part_paths(path)}
+
+
+def verify_part(h5path: Path) -> tuple[dict, dict, dict[str, str]]:
+    """Read every entry of a part through its checksums: (videos {id: attrs} that read back whole,
+    failed {id: message} recorded by its writer, damaged {id: why}). An unreadable file is damaged
+    as a whole: ({}, {}, {"*": why})."""
+    import h5py
+
+    try:
+        f = h5py.File(h5path, "r", locking=False)
+    except Exception as e:
+        return {}, {}, {"*": _short(e)}
+    videos, damaged = {}, {}
+    try:
+        try:
+            ids = json.loads(f.attrs["videos"])
+            failed = json.loads(f.attrs.get("failed", "{}"))
+        except Exception as e:
+            return {}, {}, {"*": _short(e)}
+        for vid in ids:
             try:
-                data = json.loads(side.read_text())
-                if data.get("h5") == _stamp(h5path):
-                    info = data
-            except (OSError, ValueError):
-                info = None
-        if info is None:  # killed between the rename and the sidecar, or the sidecar is stale
-            info = _part_info_from_h5(h5path)
-        parts[h5path.stem] = {"videos": info["videos"], "failed": info["failed"]}
-    return parts
+                ds = f[vid]
+                for t in range(ds.shape[0]):  # chunk by chunk: one frame's memory at a time
+                    ds[t]
+                videos[vid] = _attrs(ds.attrs)
+            except Exception as e:
+                damaged[vid] = _short(e)
+    finally:
+        f.close()
+    return videos, failed, damaged
+
+
+def write_bytes_atomic(path: Path, data) -> None:
+    """Write bytes to `path` through a per-process temporary name, fsync and rename; on any OSError
+    (disk full, read-only folder) remove the temporary file and raise UserError naming the path."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)  # the data is on disk before the name says the part is complete
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        hint = "free space on that disk" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "check the folder"
+        raise UserError(
+            f"cannot write {path} ({e.strerror or e}); {hint} or set cache.dir elsewhere, then rerun to resume "
+            f"(finished parts are kept)"
+        ) from None
 
 
 class PartWriter:
-    """Writes one part under a temporary name; `commit` renames it into place and writes its sidecar.
+    """Builds one part in memory; `commit` writes it in one go under a temporary name, renames it into
+    place and writes its sidecar. Leaving the block without commit leaves nothing on disk.
 
     with PartWriter(cache_dir, k, provenance) as w:
         w.add(video_id, array, attrs); w.copy_from(old_part, video_id); w.commit(failed)
-    Leaving the block without commit deletes the temporary file.
     """
 
     def __init__(self, path: str | Path, k: int, provenance: dict, *, compression: str | None = "lzf"):
         import h5py
 
         self.final = part_file(path, k)
-        self.tmp = self.final.with_name(self.final.name + ".tmp")
         self.compression = compression
         self.videos: dict[str, dict] = {}
-        self.f = h5py.File(self.tmp, "w", locking=False)
+        self.buffer = io.BytesIO()
+        self.f = h5py.File(self.buffer, "w", locking=False)
         prov = normalize_provenance(provenance)
         self.f.attrs["provenance"] = json.dumps(prov, sort_keys=True)
         for key, value in prov.items():  # readable with h5dump / h5ls too
@@ -180,10 +364,13 @@ class PartWriter:
 
     def add(self, video_id: str, array: np.ndarray, attrs: dict) -> None:
         """Store array (T, C, H, W) as entry `video_id` with per-entry attributes (num_frames, fps, ...)."""
-        if array.ndim != 4:
-            raise ValueError(f"cache entries are (T, C, H, W) arrays; {video_id} has shape {array.shape}")
+        if not isinstance(array, np.ndarray) or array.ndim != 4 or array.shape[0] < 1:
+            shape = getattr(array, "shape", type(array).__name__)
+            raise ValueError(f"cache entries are (T, C, H, W) numpy arrays with T >= 1; {video_id} has {shape}")
         t, c, h, w = array.shape
-        ds = self.f.create_dataset(video_id, data=array, chunks=(1, c, h, w), compression=self.compression)
+        ds = self.f.create_dataset(
+            video_id, data=array, chunks=(1, c, h, w), compression=self.compression, fletcher32=True
+        )
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in {**attrs, "num_frames": t}.items()}
         for k, v in attrs.items():
             ds.attrs[k] = v
@@ -194,21 +381,19 @@ class PartWriter:
         parent, _, leaf = video_id.rpartition("/")
         dest = self.f.require_group(parent) if parent else self.f
         src.copy(src[video_id], dest, name=leaf)
-        a = src[video_id].attrs
-        self.videos[video_id] = {k: (v.item() if hasattr(v, "item") else v) for k, v in a.items()}
+        self.videos[video_id] = _attrs(src[video_id].attrs)
 
     def commit(self, failed: dict[str, str]) -> None:
         self.f.attrs["videos"] = json.dumps(sorted(self.videos))
         self.f.attrs["failed"] = json.dumps(failed, sort_keys=True)
         self.f.close()
-        fd = os.open(self.tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # the data is on disk before the name says the part is complete
-        finally:
-            os.close(fd)
-        os.replace(self.tmp, self.final)
+        write_bytes_atomic(self.final, self.buffer.getbuffer())
+        self.buffer = io.BytesIO()
         side = {"h5": _stamp(self.final), "videos": self.videos, "failed": failed}
-        write_json_atomic(self.final.with_suffix(".json"), side)
+        try:
+            write_json_atomic(self.final.with_suffix(".json"), side)
+        except OSError:
+            pass  # the sidecar only saves time: readers rebuild it from the part
 
     def __enter__(self) -> PartWriter:
         return self
@@ -216,34 +401,42 @@ class PartWriter:
     def __exit__(self, *exc) -> None:
         if self.f.id.valid:  # not committed
             self.f.close()
-            self.tmp.unlink(missing_ok=True)
+        self.buffer = io.BytesIO()
 
 
-def cache_settings(*, cache_dir, dataset: str, modality: str, settings, root) -> tuple[Path, dict]:
-    """The cache directory and provenance for a view's settings: what the tools fill and the views read.
+class PartLock:
+    """The writer lock of part k of a cache: an fcntl lock on part-XXXXX.lock, released when the
+    process ends however it ends. acquire(block=False) returns False when another process holds it."""
 
-    settings: the view's config (views.<modality>, a dict or DictConfig); keys that do not shape the
-    cache (encoder, size, ...) are ignored. flow reads algorithm, params, resolution, bound;
-    depth reads source, folder, model, hub_repo, weights, resolution.
-    """
-    import importlib
+    def __init__(self, path: Path, k: int):
+        self.file = Path(path) / f"{part_name(k)}.lock"
+        self.fd: int | None = None
 
-    describers = {"flow": "mvcoding.flow", "depth": "mvcoding.depth"}
-    if modality not in describers:
-        raise UserError(f"no cache format for modality {modality!r}; cached modalities: {', '.join(describers)}")
-    if not isinstance(settings, dict):
-        from omegaconf import OmegaConf
+    def acquire(self, block: bool = False) -> bool:
+        try:
+            fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UserError(f"cannot lock {self.file} ({e.strerror}); set cache.dir to a writable folder") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return True
 
-        settings = OmegaConf.to_container(settings, resolve=True)
-    described = importlib.import_module(describers[modality]).cache_description(settings, root=str(root))
-    res = described["resolution"]
-    if res is not None:
-        if len(res) != 2 or int(res[0]) <= 0 or int(res[1]) <= 0:
-            raise UserError(f"views.{modality}.resolution={res!r} is not valid; use [H, W] or null (native size)")
-        described["resolution"] = [int(res[0]), int(res[1])]
-    provenance = normalize_provenance({"format_version": FORMAT_VERSION, "modality": modality, **described})
-    path = cache_path(cache_dir, dataset=dataset, modality=modality, algorithm=described["algorithm"], resolution=res)
-    return path, provenance
+    def holder(self) -> str:
+        try:
+            return self.file.read_text().strip() or "?"
+        except OSError:
+            return "?"
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the lock
+            self.fd = None
 
 
 # ---- reading -----------------------------------------------------------------------------------
@@ -255,16 +448,25 @@ class CacheReader:
     Files open lazily on first read in each process (handles never cross fork: they are dropped when
     the process id changes or the reader is pickled). At most `max_open` part files stay open.
 
-    expect: the provenance the caller needs (from cache_settings); a different cache raises UserError.
-    fill_command: the command that fills this cache, quoted in the errors about missing entries.
+    expect: the provenance the caller needs (from cache_location); a different cache raises UserError.
+    name: what the errors call the cache (a view name); fill_command: the command that fills it.
+    root: the dataset root, for the entries' source identity (check).
     """
 
-    def __init__(self, path: str | Path, *, expect: dict | None = None, fill_command: str | None = None, max_open=32):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        expect: dict | None = None,
+        name: str = "view",
+        fill_command: str | None = None,
+        root=None,
+        max_open=32,
+    ):
         self.path = Path(path)
         self.expect = normalize_provenance(expect) if expect is not None else None
-        name_parts = self.path.name.split("-")
-        self.modality = (expect or {}).get("modality") or (name_parts[-3] if len(name_parts) >= 4 else "data")
-        self.fill_command = fill_command or f"python tools/precompute_{self.modality}.py CONFIG [overrides]"
+        self.name, self.root = name, root
+        self.fill_command = fill_command or globals()["fill_command"](name)
         self.max_open = max_open
         self._index: dict[str, tuple[str, dict]] | None = None
         self._failed: dict[str, str] = {}
@@ -277,8 +479,7 @@ class CacheReader:
         diff = provenance_difference(have, self.expect)
         if diff:
             raise UserError(
-                f"the {self.modality} cache {self.path} {diff}; fill a cache for these settings with: "
-                f"{self.fill_command} (or set the config back to the cache's settings)"
+                f"the {self.name} cache {self.path} {diff}; fill a cache for these settings with: {self.fill_command}"
             )
 
     def __getstate__(self) -> dict:
@@ -293,10 +494,14 @@ class CacheReader:
         if have is not None and self.expect is not None:
             self._check_provenance(have)
         index, failed = {}, {}
-        for name, info in read_parts(self.path).items():
+        for h5path in part_paths(self.path):
+            try:
+                info = read_part(h5path)
+            except UserError as e:
+                raise UserError(f"{e}; repair it with: {self.fill_command}") from e
             failed.update(info["failed"])
             for vid, meta in info["videos"].items():
-                index[vid] = (name, meta)
+                index[vid] = (h5path.stem, meta)
         self._index, self._failed = index, {k: v for k, v in failed.items() if k not in index}
         return index
 
@@ -313,23 +518,29 @@ class CacheReader:
             out = [v for v in ids if v not in self._load_index()]
         return out
 
-    def check(self, video_ids: Iterable[str], fill_command: str | None = None) -> None:
-        """UserError unless every video in `video_ids` has an entry."""
-        ids = list(video_ids)
-        lacking = self.missing(ids)
-        if not lacking:
-            return
-        cmd = fill_command or self.fill_command
-        failed = [v for v in lacking if v in self._failed]
-        note = ""
-        if failed:
-            note = (
-                f" ({len(failed)} could not be decoded when it was filled, e.g. {failed[0]}: {self._failed[failed[0]]})"
+    def check(self, records: Iterable) -> None:
+        """UserError unless every record has an entry made from that record's file (with root set)."""
+        records = list(records)
+        lacking = self.missing([r.video_id for r in records])
+        if lacking:
+            failed = [v for v in lacking if v in self._failed]
+            note = ""
+            if failed:
+                note = f" ({len(failed)} could not be decoded when it was filled, e.g. {failed[0]}: "
+                note += f"{self._failed[failed[0]]})"
+            raise UserError(
+                f"the {self.name} cache {self.path} lacks {len(lacking)} of {len(records)} videos "
+                f"(e.g. {lacking[0]}){note}; fill it with: {self.fill_command}"
             )
-        raise UserError(
-            f"{self.modality} cache {self.path} lacks {len(lacking)} of {len(ids)} videos "
-            f"(e.g. {lacking[0]}){note}; fill it with: {cmd}"
-        )
+        if self.root is None:
+            return
+        for r in records:
+            why = identity_difference(self.index[r.video_id][1], r.path, self.root)
+            if why:
+                raise UserError(
+                    f"the {self.name} cache {self.path} entry {r.video_id} {why}; "
+                    f"recompute it with: {self.fill_command}"
+                )
 
     def _locate(self, video_id: str) -> tuple[str, dict]:
         if video_id not in self.index and video_id not in self._load_index():
@@ -339,7 +550,7 @@ class CacheReader:
                 else "is not there"
             )
             raise UserError(
-                f"{self.modality} cache {self.path} has no entry for video {video_id}: it {why}; "
+                f"the {self.name} cache {self.path} has no entry for video {video_id}: it {why}; "
                 f"fill it with: {self.fill_command}"
             )
         return self.index[video_id]
@@ -348,7 +559,7 @@ class CacheReader:
         return int(self._locate(video_id)[1]["num_frames"])
 
     def attrs(self, video_id: str) -> dict:
-        """The entry's attributes (num_frames, fps, source_size, source_mtime_ns, ...)."""
+        """The entry's attributes (num_frames, fps, source identity, the stage's own)."""
         return dict(self._locate(video_id)[1])
 
     # -- data
@@ -374,15 +585,15 @@ class CacheReader:
         n = int(meta["num_frames"])
         if not (0 <= start < stop <= n) or step < 1:
             raise UserError(
-                f"frames [{start}:{stop}:{step}] asked from the {self.modality} cache entry {video_id}, "
+                f"frames [{start}:{stop}:{step}] asked from the {self.name} cache entry {video_id}, "
                 f"which has {n} frames"
             )
         try:
             x = self._file(name)[video_id][start:stop]  # a hyperslab; h5py's strided reads are ~50x slower
-        except (OSError, KeyError) as e:
+        except (OSError, KeyError, ValueError) as e:
             raise UserError(
-                f"cannot read {video_id} from {self.path / name}.h5 ({e}); delete that part and refill it with: "
-                f"{self.fill_command}"
+                f"cannot read {video_id} from {self.path / name}.h5 ({_short(e)}): the part is damaged; "
+                f"repair it with: {self.fill_command}"
             ) from e
         return np.ascontiguousarray(x[::step]) if step > 1 else x
 
@@ -390,3 +601,45 @@ class CacheReader:
         for f in self._files.values():
             f.close()
         self._files.clear()
+
+
+class CachedClips:
+    """A cached view's decode: clip -> (C, T, H, W) as stored, read from the cache (picklable).
+
+    The window starts `offset` frames late; where it runs past the video's end the last frame repeats."""
+
+    def __init__(self, reader: CacheReader, offset: int = 0):
+        self.reader, self.offset = reader, offset
+
+    def __call__(self, clip) -> "torch.Tensor":  # noqa: F821, UP037
+        import torch
+
+        start = min(clip.start + self.offset, clip.video_frames - 1)
+        stop = min(start + (clip.num_frames - 1) * clip.stride + 1, clip.video_frames)
+        x = self.reader.read(clip.video_id, start, stop, clip.stride)  # (T', C, H, W)
+        if x.shape[0] < clip.num_frames:  # the offset ran past the end: repeat the last frame
+            x = np.concatenate([x, np.repeat(x[-1:], clip.num_frames - x.shape[0], axis=0)])
+        return torch.from_numpy(x).permute(1, 0, 2, 3)  # (C, T, H, W)
+
+
+class CacheCheck:
+    """A cached view's check(records): every record has an entry made from its file (picklable)."""
+
+    def __init__(self, reader: CacheReader):
+        self.reader = reader
+
+    def __call__(self, records) -> None:
+        self.reader.check(records)
+
+
+def attach_cache(view, ctx) -> None:
+    """Give a view with a precompute stage its cache reader: view.cache, view.decode (unless the view
+    has its own, e.g. one that reads the cache through view.cache) and view.check."""
+    path, provenance = cache_location(
+        cache_dir=ctx.cache_dir, dataset=ctx.dataset, root=ctx.root, view=view.name, stage=view.precompute
+    )
+    reader = CacheReader(path, expect=provenance, name=view.name, root=ctx.root)
+    view.cache = reader
+    if view.decode is None:
+        view.decode = CachedClips(reader, view.precompute.offset)
+    view.check = CacheCheck(reader)

@@ -5,6 +5,8 @@ mvcoding eval {linear,finetune,retrieval} CONFIG.yaml checkpoint=PATH [key=value
 mvcoding eval fuse RESULT_A RESULT_B
 mvcoding demo [key=value ...]
 mvcoding sweep SPEC.yaml [--only CELL ...] [--dry-run | --report] [--out DIR]
+mvcoding precompute VIEW|all CONFIG.yaml [key=value ...]
+mvcoding cache status CONFIG.yaml [key=value ...]
 mvcoding views
 """
 
@@ -31,7 +33,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     e.add_argument("--out", default=None, help="fuse: the output folder (default runs/fuse-<timestamp>)")
     d = sub.add_parser("demo", help="synthetic data -> flow cache -> CMC pretraining -> linear probe, on the CPU")
     d.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
-    sub.add_parser("views", help="list the registered views and where they come from")
+    sub.add_parser("views", help="list the registered views, where they come from, and which are cached")
+    sub.add_parser("precompute", help="fill the HDF5 cache of a view's precompute stage (see its --help)")
+    c = sub.add_parser("cache", help="what the caches of a config's views hold")
+    c.add_argument("action", choices=["status"])
+    c.add_argument("config", help="YAML config path")
+    c.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
     s = sub.add_parser("sweep", help="cells (config + overrides) x seeds: pretrain, evaluate, table and plot")
     s.add_argument("spec", help="sweep spec YAML (format: mvcoding/sweep.py, README 'Experiments')")
     s.add_argument("--only", nargs="+", action="extend", metavar="CELL", help="cells whose name contains CELL")
@@ -46,11 +53,15 @@ def run(args: argparse.Namespace) -> None:
     from mvcoding.config import load_config
 
     if args.command == "views":
-        from mvcoding.registry import list_views, view_settings, view_source
+        from mvcoding.registry import has_precompute, list_views, view_settings, view_source
 
         for name in list_views():
             settings = ", ".join(f"{k}={v}" for k, v in view_settings(name).items())
-            print(f"{name:10s} {view_source(name):28s} {settings}")
+            print(f"{name:10s} {'cached' if has_precompute(name) else '':6s} {view_source(name):28s} {settings}")
+    elif args.command == "cache":
+        from mvcoding.precompute import print_status
+
+        print_status(load_config(args.config, args.overrides))
     elif args.command == "train":
         from mvcoding.train import train
 
@@ -76,7 +87,12 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    args = parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["precompute"]:  # its own parser: `mvcoding precompute --help` shows it
+        from mvcoding.precompute import main as precompute
+
+        return precompute(argv[1:])
+    args = parse(argv)
     try:
         run(args)
     except UserError as e:

@@ -29,19 +29,43 @@ from mvcoding.video import video_info
 log = logging.getLogger(__name__)
 
 
-def video_lengths(records, cache_dir: str | Path) -> dict[str, tuple[int, float]]:
-    """{video_id: (num_frames, fps)}, read once with decord and kept in <cache_dir>/lengths.json."""
-    path = Path(cache_dir) / "lengths.json"
-    known = json.loads(path.read_text()) if path.is_file() else {}
-    todo = [r for r in records if r.video_id not in known]
+def lengths_file(cfg) -> Path:
+    """<cache.dir>/<dataset>/lengths.json: the video lengths, next to the dataset's caches."""
+    from mvcoding.cache import dataset_folder
+
+    return dataset_folder(cfg.cache.dir, cfg.dataset.name, cfg.dataset.root) / "lengths.json"
+
+
+def video_lengths(records, cfg) -> dict[str, tuple[int, float]]:
+    """{video_id: (num_frames, fps)}, read once with decord and kept in lengths_file(cfg).
+
+    Entries are keyed by video id and carry the file's identity (path relative to dataset.root, size,
+    mtime), like cache entries: an entry of another dataset or of a changed video is read again. A
+    cache folder that cannot be written (read-only, full) keeps them in memory, with one log line."""
+    from mvcoding.cache import identity_difference, read_json, source_identity
+
+    root = str(cfg.dataset.root)
+    path = lengths_file(cfg)
+    known = read_json(path, "the video lengths") or {}
+    if not isinstance(known, dict) or not all(isinstance(v, dict) for v in known.values()):
+        known = {}  # the format before lengths carried their file's identity
+    todo = [r for r in records if r.video_id not in known or identity_difference(known[r.video_id], r.path, root)]
     if todo:
         log.info("reading the length of %d videos (once; kept in %s)", len(todo), path)
+
+        def read(r):
+            n, fps = video_info(r.path)[:2]
+            return {**source_identity(r.path, root), "num_frames": n, "fps": fps}
+
         with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
-            for r, info in zip(todo, pool.map(lambda r: video_info(r.path)[:2], todo), strict=True):
-                known[r.video_id] = info
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps(known))
-    return {r.video_id: tuple(known[r.video_id]) for r in records}
+            for r, entry in zip(todo, pool.map(read, todo), strict=True):
+                known[r.video_id] = entry
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(path, json.dumps(known))
+        except OSError as e:
+            log.warning("cannot write %s (%s); the lengths are kept for this run only", path, e.strerror or e)
+    return {r.video_id: (int(known[r.video_id]["num_frames"]), float(known[r.video_id]["fps"])) for r in records}
 
 
 def clip_starts(num_frames: int, span: int, clips: int) -> list[int]:

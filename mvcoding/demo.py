@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def demo(overrides: list[str]) -> Path:
-    from mvcoding.precompute import main_flow
+    from mvcoding.precompute import main as precompute
     from mvcoding.train import train
     from mvcoding.transfer import linear_probe
 
@@ -31,7 +31,7 @@ def demo(overrides: list[str]) -> Path:
     cfg = load_config(config, overrides)
     t0 = time.perf_counter()
     log.info("demo 1/4: synthetic dataset and flow cache (%s)", cfg.dataset.root)
-    if main_flow([str(config), *overrides]) != 0:
+    if precompute(["flow", str(config), *overrides]) != 0:
         raise UserError("the flow precompute failed; see the lines above")
     log.info("demo 2/4: CMC pretraining of RGB + flow encoders")
     train(cfg)

@@ -20,8 +20,12 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write `text` to `path` through a temporary file and a rename."""
     path = Path(path)
     tmp = _tmp(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:  # disk full, read-only, interrupted: leave nothing behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_atomic(obj, path: str | Path) -> None:

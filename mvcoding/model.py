@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from mvcoding import distributed as dist
+from mvcoding.errors import UserError
 from mvcoding.registry import View, ViewContext, build_view
 
 
@@ -26,7 +27,14 @@ def build_views(cfg: DictConfig, names=None) -> dict[str, View]:
     """Build the views of `cfg.views` (or only `names`), in config order."""
     ctx = view_context(cfg)
     names = list(cfg.views) if names is None else list(names)
-    return {n: build_view(n, ctx, **OmegaConf.to_container(cfg.views[n] or {}, resolve=True)) for n in names}
+    views = {}
+    for n in names:
+        settings = cfg.views[n]
+        settings = OmegaConf.to_container(settings, resolve=True) if OmegaConf.is_config(settings) else settings
+        if settings is not None and not isinstance(settings, dict):
+            raise UserError(f"views.{n} must be a mapping of settings (or {{}} for the defaults), not {settings!r}")
+        views[n] = build_view(n, ctx, **(settings or {}))
+    return views
 
 
 class MultiViewModel(nn.Module):

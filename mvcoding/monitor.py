@@ -88,7 +88,7 @@ def make_monitor(cfg: DictConfig, views: dict[str, View]) -> Monitor | None:
     for view in views.values():
         if view.check is not None:
             view.check(index.test)
-    lengths = video_lengths(index.train + index.test, cfg.cache.dir)
+    lengths = video_lengths(index.train + index.test, cfg)
     loaders = {}
     for split, records in (("train", index.train), ("test", index.test)):
         data = EvalClips(records, views, lengths, frames=cfg.data.frames, stride=cfg.data.stride, clips=1, crops=1)

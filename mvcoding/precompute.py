@@ -1,17 +1,24 @@
-"""Filling an HDF5 cache: the resumable, parallel, sharded runner behind tools/precompute_*.py.
+"""`mvcoding precompute VIEW|all CONFIG [overrides]`: fill the HDF5 caches of views' precompute stages.
 
-    summary = run_precompute(records=index.records("all"), out=path, provenance=prov,
-                             compute=partial(flow.cache_entry, algorithm="dis", ...), workers=8,
-                             shard=(0, 4), videos_per_part=16, desc="flow")
+    summary = run_precompute(records=index.records("all"), targets=[Target("flow", path, prov, stage)],
+                             root=cfg.dataset.root, workers=8, shard=(0, 4), videos_per_part=16)
 
-The sorted videos are cut into parts of `videos_per_part`; shard i/n fills parts i, i+n, i+2n, ...,
-so pieces run on different machines land in one cache directory and read as one cache. Worker
-processes compute the entries (decode + flow/depth + quantise); the main process writes each part
-under a temporary name and renames it when complete (mvcoding.cache). A rerun skips complete parts,
-deletes its own stale temporary files, and rebuilds a part only for what it lacks: videos that
-failed before (they are retried), videos whose source file changed size or mtime, videos new to the
-part; the entries it already has are copied, not recomputed. A video that cannot be decoded is named
-in a warning, recorded as failed in its part, and makes the run exit non-zero.
+Any view may declare a precompute stage (mvcoding.registry.Precompute); this module runs it, knowing
+nothing of what it computes. The sorted videos are cut into parts of `videos_per_part`; shard i/n
+fills parts i, i+n, i+2n, ..., so pieces run on different machines land in one cache and read as
+one. Worker processes decode each video once for all the stages being filled (per resolution) and
+run the stages; the main process writes each part (mvcoding.cache.PartWriter) under a per-process
+temporary name and renames it into place when complete.
+
+Resume and repair: a rerun reads its parts through their checksums (precompute.verify, default on)
+and rebuilds a part only for what it lacks: damaged entries or unreadable parts, videos that failed
+before (they are retried), videos whose source file changed, videos new to the part. What is whole
+and current is copied, not recomputed. A video that cannot be decoded is named in a warning,
+recorded as failed in its part, and makes the run exit 1.
+
+Concurrency: a writer holds each part's lock (fcntl) while it plans and writes that part. A second
+run on the same shard skips the parts that are locked, fills the rest, then waits for the locked ones
+and checks them: the result equals a single run's.
 """
 
 from __future__ import annotations
@@ -33,18 +40,41 @@ from pathlib import Path
 
 import numpy as np
 
-from mvcoding.cache import PartWriter, cache_settings, ensure_provenance, part_file, part_name, read_parts
+from mvcoding.cache import (
+    PartLock,
+    PartWriter,
+    cache_location,
+    ensure_provenance,
+    identity_difference,
+    part_file,
+    part_paths,
+    read_part,
+    source_identity,
+    verify_part,
+)
 from mvcoding.errors import UserError
+from mvcoding.registry import Precompute, Source
+
+
+@dataclass(frozen=True)
+class Target:
+    """One cache to fill: the view that declares it, its folder and provenance, and the stage."""
+
+    view: str
+    path: Path
+    provenance: dict
+    stage: Precompute
 
 
 @dataclass
 class Summary:
-    """What a run did: videos computed (done), already cached (skipped), failed {video_id: message}."""
+    """What a run did, counted in cache entries (one per video and cache)."""
 
-    out: Path
+    caches: list[str]
     done: int = 0
     skipped: int = 0
-    failed: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # "video_id (view)": message
+    damaged: int = 0  # entries (or whole parts' entries) found damaged and recomputed
     parts_written: int = 0
     parts_skipped: int = 0
     seconds: float = 0.0
@@ -54,10 +84,12 @@ class Summary:
         return not self.failed
 
     def line(self) -> str:
-        rate = f", {self.done / self.seconds:.1f} videos/s" if self.done and self.seconds > 0 else ""
+        rate = f", {self.done / self.seconds:.1f} entries/s" if self.done and self.seconds > 0 else ""
+        repaired = f", {self.damaged} damaged recomputed" if self.damaged else ""
         return (
-            f"{self.out}: {self.done} videos computed, {self.skipped} already cached, {len(self.failed)} failed; "
-            f"{self.parts_written} parts written, {self.parts_skipped} complete; {self.seconds:.1f} s{rate}"
+            f"{', '.join(self.caches)}: {self.done} entries computed, {self.skipped} already cached, "
+            f"{len(self.failed)} failed{repaired}; {self.parts_written} parts written, {self.parts_skipped} "
+            f"complete; {self.seconds:.1f} s{rate}"
         )
 
 
@@ -80,11 +112,6 @@ def plan_parts(records, videos_per_part: int) -> list[list]:
     return [ordered[i : i + videos_per_part] for i in range(0, len(ordered), videos_per_part)]
 
 
-def source_stamp(path: str) -> dict:
-    st = os.stat(path)
-    return {"source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns}
-
-
 def _init_worker() -> None:
     """One thread per worker process (the processes are the parallelism); Ctrl-C is the parent's to handle."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -96,16 +123,33 @@ def _init_worker() -> None:
         sys.modules["torch"].set_num_threads(1)
 
 
-def _work(compute: Callable, record) -> tuple[str, np.ndarray | None, dict | str]:
-    """Run compute on one record in a worker: (video_id, array, attrs) or (video_id, None, error message)."""
+def compute_entries(stages: Sequence[tuple[str, Precompute]], root, job) -> tuple[str, list]:
+    """Run the stages `job = (record, [stage index, ...])` asks for on one video, decoding it once per
+    resolution: (video_id, [(stage index, array, attrs) or (stage index, None, error message)])."""
+    record, wanted = job
     try:
-        stamp = source_stamp(record.path)  # before decoding: a file replaced meanwhile reads as stale next time
-        array, attrs = compute(record)
-        return record.video_id, array, {**attrs, **stamp}
-    except UserError as e:
-        return record.video_id, None, str(e)
-    except Exception as e:  # any failure of one video must not stop the others
-        return record.video_id, None, f"{type(e).__name__}: {e}"
+        identity = source_identity(record.path, root)  # before decoding: a file replaced meanwhile reads stale
+    except OSError as e:
+        return record.video_id, [(s, None, f"cannot read {record.path} ({e.strerror})") for s in wanted]
+    memo: dict = {}
+    out = []
+    for s in wanted:
+        view, stage = stages[s]
+        source = Source(record, stage.resolution, memo)
+        try:
+            array, attrs = stage.compute(source)
+            if not isinstance(array, np.ndarray) or array.ndim != 4 or array.shape[0] < 1:
+                shape = getattr(array, "shape", type(array).__name__)
+                raise UserError(f"view {view}'s precompute returned {shape}, not a (T, C, H, W) numpy array")
+            attrs = dict(attrs)
+            if "fps" not in attrs:
+                attrs["fps"] = source.fps
+            out.append((s, array, {**attrs, **identity}))
+        except UserError as e:
+            out.append((s, None, str(e)))
+        except Exception as e:  # any failure of one video must not stop the others
+            out.append((s, None, f"{type(e).__name__}: {e}"))
+    return record.video_id, out
 
 
 class Progress:
@@ -143,80 +187,175 @@ class Progress:
             self.bar.close()
 
 
+@dataclass
+class _PartPlan:
+    k: int
+    locks: list
+    keep: list[list[str]]  # per target: entries to copy from the existing part
+    todo: dict[str, list[int]]  # video_id -> targets to compute it for
+    rewrite: list[bool]  # per target: the part file must be written
+
+
 def run_precompute(
     *,
     records: list,
-    out: Path,
-    provenance: dict,
-    compute: Callable,
+    targets: Sequence[Target],
+    root,
     workers: int,
-    shard: tuple[int, int] | str,
-    videos_per_part: int,
-    desc: str,
+    shard: tuple[int, int] | str = (0, 1),
+    videos_per_part: int = 16,
+    desc: str = "precompute",
     compression: str | None = "lzf",
     start_method: str = "fork",
     progress: bool = True,
+    verify: bool = True,
 ) -> Summary:
-    """Fill the cache at `out` with compute(record) -> (array (T, C, H, W), attrs) for this shard's parts.
+    """Fill the caches of `targets` for this shard's parts of `records` (see the module doc).
 
-    compute must be picklable (a top-level function or functools.partial of one). workers <= 1 runs
-    in this process; otherwise `workers` processes started with `start_method` ("spawn" where the
-    parent may hold CUDA state). progress=False: no bar or progress lines (warnings still
-    print). Returns a Summary; nothing raises for a single bad video.
+    workers <= 1 runs the stages in this process; otherwise `workers` processes started with
+    `start_method` ("spawn" where a stage uses a GPU). progress=False: no bar or progress lines
+    (warnings still print). verify=False trusts complete parts without reading them. Returns a
+    Summary; nothing raises for a single bad video.
     """
     t0 = time.monotonic()
-    out = Path(out)
     i, n = parse_shard(shard)
     parts = plan_parts(records, videos_per_part)
-    ensure_provenance(out, provenance)
-    for tmp in out.glob("part-*.tmp*"):  # left by a killed run of this shard (other shards' are theirs)
-        if int(tmp.name[5:10]) % n == i:
-            tmp.unlink(missing_ok=True)
-    existing = read_parts(out)
-    summary = Summary(out=out)
-
-    # Plan: for each of our parts, what to copy from the existing part and what to compute.
-    plan = []  # (k, keep ids, todo records)
-    for k in range(i, len(parts), n):
-        have = existing.get(part_name(k), {"videos": {}})["videos"]
-        keep = [r.video_id for r in parts[k] if r.video_id in have and _is_fresh(have[r.video_id], r.path)]
-        todo = [r for r in parts[k] if r.video_id not in keep]
-        summary.skipped += len(keep)
-        if todo:
-            plan.append((k, keep, todo))
-        else:
-            summary.parts_skipped += 1
-
-    bar = Progress(sum(len(p) for p in parts[i::n]), summary.skipped, desc, enabled=progress)
-    jobs = [r for _, _, todo in plan for r in todo]
-    results = _results(partial(_work, compute), jobs, workers, start_method)
+    for t in targets:
+        if t.stage.setup is not None:
+            t.stage.setup()  # fail before any work: missing weights and the like
+        ensure_provenance(t.path, t.provenance)
+    summary = Summary(caches=[str(t.path) for t in targets])
+    stages = [(t.view, t.stage) for t in targets]
+    mine = list(range(i, len(parts), n))
+    bar = Progress(sum(len(parts[k]) for k in mine), 0, desc, enabled=progress)
     try:
-        for k, keep, todo in plan:
-            failed = {}
-            with PartWriter(out, k, provenance, compression=compression) as writer:
-                if keep:
-                    import h5py
-
-                    with h5py.File(part_file(out, k), "r", locking=False) as old:
-                        for vid in keep:
-                            writer.copy_from(old, vid)
-                for _ in todo:
-                    vid, array, attrs = next(results)
-                    if array is None:
-                        failed[vid] = attrs
-                        bar.write(f"warning: skipped video {vid}: {attrs}")
-                    else:
-                        writer.add(vid, array, attrs)
-                        summary.done += 1
-                    bar.update()
-                writer.commit(failed)
-            summary.parts_written += 1
-            summary.failed.update(failed)
+        waiting = _fill(mine, False, parts, targets, stages, root, workers, start_method, compression, verify, bar,
+                        summary)  # fmt: skip
+        for k in waiting:
+            bar.write(f"part {k} is being filled by another process (pid {PartLock(targets[0].path, k).holder()}); "
+                      f"waiting for it")  # fmt: skip
+        _fill(waiting, True, parts, targets, stages, root, workers, start_method, compression, verify, bar, summary)
     finally:
         bar.close()
-        results.close()  # stops the worker processes if we leave early
     summary.seconds = time.monotonic() - t0
     return summary
+
+
+def _lock_part(targets: Sequence[Target], k: int, block: bool) -> list | None:
+    locks = []
+    for t in targets:
+        lock = PartLock(t.path, k)
+        if not lock.acquire(block):
+            for held in locks:
+                held.release()
+            return None
+        locks.append(lock)
+    for t in targets:  # ours now: temporary files of part k were left by a killed writer
+        for tmp in t.path.glob(f"{part_file(t.path, k).name}.tmp*"):
+            tmp.unlink(missing_ok=True)
+    return locks
+
+
+def _existing(path: Path, verify: bool) -> tuple[dict, dict]:
+    """(videos {id: attrs} that can be kept, damaged {id or "*": why}) of an existing part file."""
+    if not path.exists():
+        return {}, {}
+    if verify:
+        videos, _, damaged = verify_part(path)
+        return videos, damaged
+    try:
+        return read_part(path)["videos"], {}
+    except UserError as e:
+        return {}, {"*": str(e)}
+
+
+def _plan_part(k: int, locks: list, part: list, targets, root, verify: bool, bar: Progress, summary: Summary):
+    keep, rewrite, todo = [], [], {}
+    for ti, t in enumerate(targets):
+        path = part_file(t.path, k)
+        have, damaged = _existing(path, verify)
+        if damaged:
+            whole = "*" in damaged
+            what = "unreadable" if whole else f"{len(damaged)} damaged entries, e.g. {next(iter(damaged))}"
+            bar.write(f"warning: {path}: {what} ({next(iter(damaged.values()))}); recomputing them")
+            summary.damaged += len(part) if whole else len(damaged)
+        kept = [r.video_id for r in part if r.video_id in have and identity_difference(have[r.video_id], r.path, root)
+                is None]  # fmt: skip
+        for r in part:
+            if r.video_id not in kept:
+                todo.setdefault(r.video_id, []).append(ti)
+        keep.append(kept)
+        rewrite.append(len(kept) < len(part) or bool(damaged) or set(have) != set(kept))
+        summary.skipped += len(kept)
+    return _PartPlan(k, locks, keep, todo, rewrite)
+
+
+def _fill(ks, block, parts, targets, stages, root, workers, start_method, compression, verify, bar, summary) -> list:
+    """Fill parts `ks` whose locks can be had (all of them with block=True); returns the others."""
+    plans, waiting = [], []
+    try:
+        for k in ks:
+            locks = _lock_part(targets, k, block)
+            if locks is None:
+                waiting.append(k)
+                continue
+            plan = _plan_part(k, locks, parts[k], targets, root, verify, bar, summary)
+            if not any(plan.rewrite):
+                summary.parts_skipped += 1
+                for _ in parts[k]:
+                    bar.update()
+                for lock in locks:
+                    lock.release()
+                continue
+            plans.append(plan)
+        by_id = {r.video_id: r for k in ks for r in parts[k]}
+        jobs = [(by_id[vid], wanted) for p in plans for vid, wanted in p.todo.items()]
+        results = _results(partial(compute_entries, stages, root), jobs, workers, start_method)
+        try:
+            for p in plans:
+                _write_part(p, results, targets, compression, bar, summary, len(parts[p.k]))
+        finally:
+            results.close()  # stops the worker processes if we leave early
+    finally:
+        for p in plans:
+            for lock in p.locks:
+                lock.release()
+    return waiting
+
+
+def _write_part(p: _PartPlan, results: Iterator, targets, compression, bar: Progress, summary: Summary, size: int):
+    import h5py
+
+    writers = [PartWriter(t.path, p.k, t.provenance, compression=compression) if p.rewrite[ti] else None
+               for ti, t in enumerate(targets)]  # fmt: skip
+    failed: list[dict] = [{} for _ in targets]
+    try:
+        for ti, w in enumerate(writers):
+            if w is not None and p.keep[ti]:
+                with h5py.File(part_file(targets[ti].path, p.k), "r", locking=False) as old:
+                    for vid in p.keep[ti]:
+                        w.copy_from(old, vid)
+        for _ in range(len(p.todo)):
+            vid, entries = next(results)
+            for ti, array, attrs in entries:
+                if array is None:
+                    failed[ti][vid] = attrs
+                    summary.failed[f"{vid} ({targets[ti].view})"] = attrs
+                    bar.write(f"warning: skipped video {vid} for {targets[ti].view}: {attrs}")
+                else:
+                    writers[ti].add(vid, array, attrs)
+                    summary.done += 1
+            bar.update()
+        for _ in range(size - len(p.todo)):
+            bar.update()
+        for ti, w in enumerate(writers):
+            if w is not None:
+                w.commit(failed[ti])
+                summary.parts_written += 1
+    finally:
+        for w in writers:
+            if w is not None:
+                w.__exit__(None, None, None)
 
 
 def _results(work: Callable, jobs: list, workers: int, start_method: str) -> Iterator:
@@ -253,7 +392,7 @@ def _pool_results(work: Callable, jobs: list, workers: int, start_method: str) -
             try:
                 result = future.result()
             except BrokenProcessPool:
-                suspects = [job.video_id] + [j.video_id for j, f in pending if not f.done()][: workers - 1]
+                suspects = [job[0].video_id] + [j[0].video_id for j, f in pending if not f.done()][: workers - 1]
                 raise UserError(
                     f"a worker process died (out of memory, or a video that crashes the decoder) while computing "
                     f"{' or '.join(suspects)}; finished parts are kept: rerun to resume (with fewer "
@@ -266,61 +405,99 @@ def _pool_results(work: Callable, jobs: list, workers: int, start_method: str) -
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _is_fresh(meta: dict, path: str) -> bool:
-    """The cached entry was made from the file as it is now (same size and mtime)."""
-    try:
-        now = source_stamp(path)
-    except OSError:
-        return True  # the source is gone: keep what was computed from it
-    return all(meta.get(k) == v for k, v in now.items())
+# ---- from a config -----------------------------------------------------------------------------
 
 
-# ---- the tools ---------------------------------------------------------------------------------
+def cached_views(cfg, which: str = "all") -> list[Target]:
+    """The targets of view `which` (or of every view with a precompute stage, for "all") of a config,
+    built with build_view: a misspelt setting is the same one-line error as in training. Views that
+    share a cache (Precompute.name) give one target."""
+    from mvcoding.model import build_views
 
-TOOL_HELP = """\
-Fills the {modality} cache that `mvcoding train` reads for the same CONFIG and overrides:
-the dataset (dataset.*), the cache directory (cache.dir) and the {modality} settings (views.{modality}.*)
-are read from the config, so the trainer finds exactly the cache that was filled.
+    names = list(cfg.views or {})
+    if which != "all" and which not in names:
+        raise UserError(
+            f"the config has no views.{which}; views in it: {', '.join(names) or 'none'} "
+            f"(add views.{which} to the config, or name one of those)"
+        )
+    views = build_views(cfg, names if which == "all" else [which])
+    targets, seen = [], set()
+    for name, view in views.items():
+        if view.precompute is None:
+            continue
+        if view.cache.path not in seen:
+            seen.add(view.cache.path)
+            targets.append(Target(name, view.cache.path, view.cache.expect, view.precompute))
+    if not targets:
+        if which != "all":
+            with_stage = [n for n, v in views.items() if v.precompute is not None]
+            raise UserError(f"view {which!r} has no precompute stage; nothing to fill{_others(with_stage)}")
+        raise UserError(f"no view of the config ({', '.join(names)}) has a precompute stage; nothing to fill")
+    return targets
 
-The run is resumable (rerun the same command after an interruption: finished parts are kept),
-parallel (precompute.workers=N) and sharded (precompute.shard=i/n fills piece i of n; run the pieces
-on any machines into the same cache.dir). A video that cannot be decoded is reported and skipped;
-the exit status is then 1 (rerunning retries it). Bad input exits 2 with one line saying why.
-{extra}
+
+def _others(names: list[str]) -> str:
+    return f" (cached views here: {', '.join(names)})" if names else ""
+
+
+def prepare_job(config: str, overrides: Sequence[str], which: str) -> dict:
+    """The keyword arguments of run_precompute for `mvcoding precompute WHICH CONFIG [overrides]`."""
+    from mvcoding.config import load_config
+    from mvcoding.datasets import load_dataset
+
+    cfg = load_config(config, list(overrides))
+    targets = cached_views(cfg, which)
+    records = load_dataset(cfg.dataset).records("all")
+    if not records:
+        raise UserError(f"dataset {cfg.dataset.name} at {cfg.dataset.root} has no videos; check dataset.root")
+    return {
+        "records": records,
+        "targets": targets,
+        "root": str(cfg.dataset.root),
+        "workers": int(cfg.precompute.workers),
+        "shard": parse_shard(str(cfg.precompute.shard)),
+        "videos_per_part": int(cfg.precompute.videos_per_part),
+        "verify": bool(cfg.precompute.get("verify", True)),
+        "desc": f"{'+'.join(t.view for t in targets)} {cfg.dataset.name}",
+        "start_method": "spawn" if any(t.stage.gpu for t in targets) else "fork",
+    }
+
+
+HELP = """\
+Fills the HDF5 cache of a view's precompute stage (VIEW), or of every cached view of the config
+(all; each video is decoded once for all of them), for the same CONFIG and overrides that
+`mvcoding train` reads: the dataset (dataset.*), cache.dir and the view's settings (views.VIEW.*),
+so training finds exactly the cache that was filled. Views are built as in training: a misspelt
+setting is an error and nothing is computed.
+
+The run is resumable and repairs: rerun the same command after an interruption (finished parts are
+kept) or after an error about a damaged part (its entries are read through their checksums and only
+what is damaged, missing, failed or made from a changed video is recomputed). Parallel
+(precompute.workers=N) and sharded (precompute.shard=i/n fills piece i of n; run the pieces on any
+machines into the same cache.dir). A video that cannot be decoded is reported and skipped; the exit
+status is then 1 (rerunning retries it). Bad input exits 2 with one line saying why.
+
 examples:
-  python tools/precompute_{modality}.py configs/ucf101_rgb_{modality}.yaml dataset.root=/data/ucf101
-  python tools/precompute_{modality}.py CONFIG.yaml precompute.workers=16 precompute.shard=0/4
-"""
-
-FLOW_HELP = """
-views.flow settings: algorithm (dis [default], farneback, tvl1, raft_small, raft_large),
-params (the algorithm's parameters, e.g. {preset: fast} for dis), resolution ([H, W] or null =
-native size; flow is computed at this size, in its pixels), bound (flow is clipped to +-bound
-pixels and stored as uint8; default 20).
-"""
-
-DEPTH_HELP = """
-views.depth settings: source (synthetic [default]: the synthetic generator's ground truth;
-folder: per-frame 16-bit PNGs under views.depth.folder/<class>/<video>/00000.png; midas: a
-monocular estimator from a local torch.hub repo views.depth.hub_repo with weights views.depth.weights),
-resolution ([H, W] or null = native). Depth is stored as uint8 per video: 0 = invalid, 1..255 linear
-between the video's nearest and farthest valid depth (kept in the entry's attributes).
+  mvcoding precompute flow configs/ucf101_rgb_flow.yaml dataset.root=/data/ucf101
+  mvcoding precompute all configs/synthetic_4view.yaml precompute.workers=16 precompute.shard=0/4
+  mvcoding cache status configs/ucf101_rgb_flow.yaml     # what each cache holds
 """
 
 
-def _tool(argv: Sequence[str] | None, modality: str) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "mvcoding precompute") -> int:
+    """`mvcoding precompute VIEW|all CONFIG [overrides]`: returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog=f"precompute_{modality}.py",
-        description=f"Precompute the {modality} HDF5 cache of a dataset.",
-        epilog=TOOL_HELP.format(modality=modality, extra=FLOW_HELP if modality == "flow" else DEPTH_HELP),
+        prog=prog,
+        description="Fill the HDF5 caches of views' precompute stages.",
+        epilog=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("view", help="a view with a precompute stage (`mvcoding views` marks them), or all")
     parser.add_argument("config", help="the experiment YAML, as for `mvcoding train`")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides key=value, as for `mvcoding train`")
     args = parser.parse_args(argv)
     try:
-        job = prepare_job(args.config, args.overrides, modality)
-        summary = run_precompute(**job)
+        summary = run_precompute(**prepare_job(args.config, args.overrides, args.view))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -330,68 +507,52 @@ def _tool(argv: Sequence[str] | None, modality: str) -> int:
     print(summary.line())
     if summary.failed:
         vid, msg = next(iter(summary.failed.items()))
-        print(f"{len(summary.failed)} videos failed (e.g. {vid}: {msg}); fix or remove them and rerun", file=sys.stderr)
+        msg = f"{len(summary.failed)} entries failed (e.g. {vid}: {msg}); fix or remove them and rerun"
+        print(msg, file=sys.stderr)
         return 1
     return 0
 
 
-def prepare_job(config: str, overrides: Sequence[str], modality: str) -> dict:
-    """The keyword arguments of run_precompute for a config: records, cache path, provenance, compute."""
-    from mvcoding.config import load_config
+def tool(view: str) -> int:
+    """tools/precompute_<view>.py CONFIG [overrides]: `mvcoding precompute <view> ...` under another name."""
+    return main([view, *sys.argv[1:]], prog=f"precompute_{view}.py")
+
+
+# ---- status ------------------------------------------------------------------------------------
+
+
+def status(cfg) -> list[dict]:
+    """Per cached view of a config: its folder, entries filled/missing/failed/damaged and bytes on disk.
+
+    Damaged: parts that cannot be read at all (their videos count as damaged); checksums are read only
+    by `mvcoding precompute` (verify)."""
     from mvcoding.datasets import load_dataset
 
-    cfg = load_config(config, list(overrides))
-    views = cfg.views or {}
-    if modality not in views:
-        raise UserError(
-            f"config {config} has no views.{modality}; use a config with a {modality} view "
-            f"(or add views.{modality}: {{}})"
-        )
-    from omegaconf import OmegaConf
-
-    settings = OmegaConf.to_container(views[modality], resolve=True) or {}
-    path, provenance = cache_settings(
-        cache_dir=cfg.cache.dir, dataset=cfg.dataset.name, modality=modality, settings=settings, root=cfg.dataset.root
-    )
-    records = load_dataset(cfg.dataset).records("all")
-    if not records:
-        raise UserError(f"dataset {cfg.dataset.name} at {cfg.dataset.root} has no videos; check dataset.root")
-    if modality == "flow":
-        from mvcoding import flow
-
-        algorithm = provenance["algorithm"]
-        params = flow.resolve_params(algorithm, settings.get("params"))  # with the runtime ones (batch, device)
-        compute = partial(
-            flow.cache_entry,
-            algorithm=algorithm,
-            params=params,
-            resolution=provenance["resolution"],
-            bound=provenance["encoding"]["bound"],
-        )
-        gpu = algorithm.startswith("raft")
-    else:
-        from mvcoding import depth
-
-        compute = depth.compute_for(provenance, settings)
-        gpu = provenance["algorithm"] == "midas"
-    return {
-        "records": records,
-        "out": path,
-        "provenance": provenance,
-        "compute": compute,
-        "workers": int(cfg.precompute.workers),
-        "shard": parse_shard(str(cfg.precompute.shard)),
-        "videos_per_part": int(cfg.precompute.videos_per_part),
-        "desc": f"{modality} {cfg.dataset.name}",
-        "start_method": "spawn" if gpu else "fork",
-    }
+    ids = {r.video_id for r in load_dataset(cfg.dataset).records("all")}
+    rows = []
+    for t in cached_views(cfg, "all"):
+        filled, failed, damaged, size = set(), set(), 0, 0
+        for h5 in part_paths(t.path) if t.path.is_dir() else []:
+            size += h5.stat().st_size
+            try:
+                info = read_part(h5)
+            except UserError:
+                damaged += 1
+                continue
+            filled |= set(info["videos"])
+            failed |= set(info["failed"]) - set(info["videos"])
+        rows.append({"view": t.view, "path": str(t.path), "videos": len(ids), "filled": len(filled & ids),
+                     "missing": len(ids - filled - failed), "failed": len(failed & ids), "damaged_parts": damaged,
+                     "bytes": size})  # fmt: skip
+    return rows
 
 
-def main_flow(argv: Sequence[str] | None = None) -> int:
-    """tools/precompute_flow.py: returns the exit status."""
-    return _tool(argv, "flow")
+def print_status(cfg) -> None:
+    for r in status(cfg):
+        state = "complete" if r["filled"] == r["videos"] and not r["damaged_parts"] else "incomplete"
+        counts = f"{r['filled']}/{r['videos']} filled, {r['missing']} missing, {r['failed']} failed"
+        print(f"{r['view']:10s} {state:10s} {counts}, {r['damaged_parts']} damaged parts, "
+              f"{r['bytes'] / 2**20:.1f} MiB  {r['path']}")  # fmt: skip
 
 
-def main_depth(argv: Sequence[str] | None = None) -> int:
-    """tools/precompute_depth.py: returns the exit status."""
-    return _tool(argv, "depth")
+__all__ = ["Target", "Summary", "run_precompute", "cache_location", "main", "tool", "status", "cached_views"]

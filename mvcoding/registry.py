@@ -74,25 +74,101 @@ class ViewContext:
     size: int  # data.size: default spatial size
 
 
+@dataclass(frozen=True)
+class Precompute:
+    """A view's precompute stage: what `mvcoding precompute VIEW CONFIG` stores in the view's HDF5 cache.
+
+    compute(source) -> (array (T, C, H, W), attrs): one video's per-frame array, already in the dtype it is
+        stored in (quantise floats to uint8 here and record the rule in `settings`), and a dict of plain
+        per-video attributes (numbers, strings) the view may read back. `source` is a mvcoding.registry.Source:
+        source.frames() gives the video's RGB frames (T, H, W, 3) uint8 at `resolution`, decoded once per
+        video for every stage of that resolution; a stage whose input is not the frames (audio, depth
+        images) reads source.path or source.record itself. Must be picklable: a top-level function or a
+        functools.partial of one (it runs in worker processes).
+    settings: the plain-data settings that identify the cache (algorithm, parameters, quantisation);
+        they go into the cache's provenance, and a cache filled with other settings is never read.
+    resolution: [H, W] of the decoded frames (and of the stored array); None = the video's own size.
+    label: a readable part of the cache folder's name (e.g. the algorithm).
+    name: the cache's name, by default the view's: views that read the same frames may share one cache.
+    gpu: compute uses a GPU; its worker processes start with spawn.
+    offset: frames the view's window is shifted by when it reads the cache.
+    setup: called once by `mvcoding precompute` before any video (not by training): check that model
+        weights and the like exist, raising UserError that says what to get.
+
+    The framework does the rest: folder and provenance, parts, resume, sharding, workers, progress,
+    checksums, source identity, locks, and the view's decode (view.decode=None) and check.
+    """
+
+    compute: Callable[[Source], tuple]
+    settings: dict = field(default_factory=dict)
+    resolution: tuple[int, int] | None = None
+    label: str = ""
+    name: str | None = None
+    gpu: bool = False
+    offset: int = 0
+    setup: Callable[[], None] | None = None
+
+
+class Source:
+    """One video as a precompute stage sees it: its record, and its frames decoded once for all stages.
+
+    frames() -> (T, H, W, 3) uint8 RGB at the stage's resolution (decord, resized on decode); fps: the
+    video's frame rate (from the decode if there was one, else read from the file's header).
+    """
+
+    def __init__(self, record, resolution=None, memo: dict | None = None):
+        self.record, self.resolution = record, resolution
+        self.memo = {} if memo is None else memo  # {resolution: (frames, fps)}, shared by a video's stages
+
+    @property
+    def path(self) -> str:
+        return self.record.path
+
+    @property
+    def video_id(self) -> str:
+        return self.record.video_id
+
+    def frames(self):
+        key = None if self.resolution is None else tuple(self.resolution)
+        if key not in self.memo:
+            from mvcoding.video import decode_all
+
+            self.memo[key] = decode_all(self.path, key)
+        return self.memo[key][0]
+
+    @property
+    def fps(self) -> float:
+        for _, fps in self.memo.values():
+            return fps
+        from mvcoding.video import video_info
+
+        return video_info(self.path)[1]
+
+
 @dataclass
 class View:
     """A built view.
 
-    decode(clip) -> Tensor, in DataLoader workers on the CPU (no CUDA): usually (C, T, H, W).
+    decode(clip) -> Tensor, in DataLoader workers on the CPU (no CUDA): usually (C, T, H, W). None for a
+        view with a precompute stage: build_view sets it to read the view's cache, (C, T, H, W) as stored.
     transform(x, aug) -> Tensor: the model input for one item, e.g. (C, T, size, size) float32.
     build_encoder() -> nn.Module mapping the batched input (B, ...) to features (B, feat_dim);
         the module has an int attribute `feat_dim`.
     check(records) -> None: optional, run once before training/eval (e.g. that a cache is filled);
-        raises UserError naming what is missing and the command that fills it.
+        raises UserError naming what is missing and the command that fills it. Set by build_view for a
+        view with a precompute stage.
+    precompute: the view's precompute stage (see Precompute), or None.
     """
 
     name: str
     channels: int
-    decode: Callable[[Clip], torch.Tensor]
+    decode: Callable[[Clip], torch.Tensor] | None
     transform: Callable[[torch.Tensor, Aug], torch.Tensor]
     build_encoder: Callable[[], nn.Module]
     check: Callable[[list], None] | None = None
     settings: dict = field(default_factory=dict)
+    precompute: Precompute | None = None
+    cache: object = None  # the mvcoding.cache.CacheReader of the precompute stage (set by build_view)
 
 
 _VIEWS: dict[str, Callable[..., View]] = {}
@@ -150,6 +226,16 @@ def view_settings(name: str) -> dict:
     return {k: (None if p.default is p.empty else p.default) for k, p in params.items() if k != "ctx"}
 
 
+def has_precompute(name: str) -> bool:
+    """Whether view `name` built with its default settings declares a precompute stage (False if it
+    cannot be built without settings)."""
+    ctx = ViewContext(dataset="x", root="/nonexistent", cache_dir="/nonexistent", frames=8, stride=1, size=32)
+    try:
+        return build_view(name, ctx).precompute is not None
+    except Exception:
+        return False
+
+
 def build_view(name: str, ctx: ViewContext, **settings) -> View:
     """Build view `name` from its YAML settings; unknown names and keys raise UserError."""
     _load_plugins()
@@ -163,4 +249,10 @@ def build_view(name: str, ctx: ViewContext, **settings) -> View:
         )
     view = _VIEWS[name](ctx=ctx, **settings)
     view.settings = valid | settings
+    if view.precompute is not None:
+        from mvcoding.cache import attach_cache
+
+        attach_cache(view, ctx)
+    elif view.decode is None:
+        raise TypeError(f"view {name!r} has no decode and no precompute stage; give it one of them")
     return view

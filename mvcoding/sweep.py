@@ -17,8 +17,9 @@ The spec (YAML)::
 A cell takes the keys name (required), group, config, overrides and pretrain (default true).
 Relative config paths resolve against the current directory, then the spec's folder. The sweep sets
 seed, run.dir, resume, checkpoint and eval.random_init itself; a spec that sets them is an error.
-Before pretraining, the caches of the cell's views are filled (mvcoding.precompute.main_<view>, i.e.
-flow and depth; they skip what is cached); the evaluations use the encoders of eval.views (default [rgb]).
+Before pretraining, the caches of the cell's views are filled (`mvcoding precompute all` for the
+cell's config: every view with a precompute stage, e.g. flow and depth; it skips what is cached);
+the evaluations use the encoders of eval.views (default [rgb]).
 
 The output folder::
 
@@ -303,14 +304,16 @@ def validate(cells: Sequence[Cell], seed: int) -> None:
 
 # ----------------------------------------------------------------------------- one cell
 def fill_caches(cell: Cell, views: Iterable[str]) -> None:
-    """Run the precompute of every view with a cache (a mvcoding.precompute.main_<view>: flow, depth);
-    it skips what is already cached."""
-    from mvcoding import precompute
+    """`mvcoding precompute all` for the cell's config when one of `views` has a precompute stage; it
+    skips what is already cached."""
+    from mvcoding.config import load_config
+    from mvcoding.model import build_views
+    from mvcoding.precompute import main
 
-    for name in views:
-        fill = getattr(precompute, f"main_{name}", None)
-        if fill is not None and fill([str(cell.config), *cell.overrides]) != 0:
-            raise UserError(f"cell {cell.name!r}: the {name} precompute failed; see the lines above")
+    cfg = load_config(cell.config, cell.overrides)
+    if any(v.precompute is not None for v in build_views(cfg, list(views)).values()):
+        if main(["all", str(cell.config), *cell.overrides]) != 0:
+            raise UserError(f"cell {cell.name!r}: the precompute failed; see the lines above")
 
 
 def pretrain(cell: Cell, seed: int, folder: Path) -> float:

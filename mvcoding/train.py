@@ -154,9 +154,9 @@ def build_data(
     for view in views.values():
         if view.check is not None:
             view.check(records)
-    lengths = video_lengths(records, cfg.cache.dir) if dist.is_main() else None
+    lengths = video_lengths(records, cfg) if dist.is_main() else None
     dist.barrier()
-    lengths = lengths or video_lengths(records, cfg.cache.dir)
+    lengths = lengths or video_lengths(records, cfg)
     data = MultiViewClips(
         records,
         views,

@@ -180,7 +180,7 @@ def prepare(cfg: DictConfig, checkpoint, *, random_init: bool, names=None) -> Ev
             view.check(index.train + index.test)
     torch.manual_seed(cfg.seed)  # random-init encoders are the same on every run
     encoders = load_encoders(views, path)
-    lengths = video_lengths(index.train + index.test, cfg.cache.dir)
+    lengths = video_lengths(index.train + index.test, cfg)
     log.info("evaluating views %s (%s) on %s split %d: %d train / %d test videos, %d classes", names,
              path or "random init", index.name, index.split, len(index.train), len(index.test),
              len(index.classes))  # fmt: skip

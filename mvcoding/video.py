@@ -59,3 +59,15 @@ def read_frames(path: str, indices: list[int] | None = None, *, width: int = -1,
     except Exception as e:  # decord fails on some frame sizes and damaged streams
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot decode frames {indices[0]}..{indices[-1]} of {path}: {msg[:200]}") from e
+
+
+def decode_all(path: str, resolution=None) -> tuple[np.ndarray, float]:
+    """All frames (T, H, W, 3) uint8 of a video, resized on decode to resolution [H, W] unless None; and fps."""
+    h, w = resolution if resolution else (-1, -1)
+    vr = open_video(path, width=w, height=h)
+    try:
+        frames = vr.get_batch(list(range(len(vr)))).asnumpy()
+    except Exception as e:  # a truncated file can open and then fail mid-stream
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot decode video {path}: {msg[:200]}; check the file or remove it from the split") from e
+    return frames, float(vr.get_avg_fps() or 25.0)

@@ -37,8 +37,8 @@ def tiny(root, **extra) -> list[str]:
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory):
     """A tiny synthetic dataset with its DIS flow cache filled."""
-    from mvcoding.precompute import main_flow
+    from mvcoding.precompute import main as precompute
 
     root = tmp_path_factory.mktemp("synthetic")
-    assert main_flow([SYNTHETIC, *tiny(root)]) == 0
+    assert precompute(["flow", SYNTHETIC, *tiny(root)]) == 0
     return root

@@ -1,7 +1,9 @@
-"""Flow algorithms, the precompute runner (resume after a kill, failures, shards) and the two tools."""
+"""Flow algorithms, the generic precompute runner (resume after a kill, failures, shards, damaged parts, two
+writers at once), `mvcoding precompute` and the tools/precompute_*.py aliases."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,14 +20,16 @@ import numpy as np
 import pytest
 
 from fake_trees import make_ucf101_tree
-from mvcoding.cache import CacheReader, cache_settings, dequantize, read_parts
-from mvcoding.config import CONFIG_DIR
+from mvcoding.cache import CacheReader, dequantize, read_parts
+from mvcoding.config import CONFIG_DIR, load_config
 from mvcoding.datasets import VideoRecord
-from mvcoding.depth import dequantize_depth, quantize_depth
 from mvcoding.errors import UserError
-from mvcoding.flow import compute_flow, raft_weights_file, tvl1_factory
-from mvcoding.precompute import main_depth, main_flow, parse_shard, plan_parts, run_precompute
+from mvcoding.model import build_views
+from mvcoding.precompute import Target, main, parse_shard, plan_parts, run_precompute
+from mvcoding.registry import Precompute
 from mvcoding.video import write_video
+from mvcoding.views.depth import dequantize_depth, quantize_depth
+from mvcoding.views.flow import compute_flow, raft_weights_file, tvl1_factory
 
 TESTS = Path(__file__).resolve().parent
 
@@ -108,17 +112,17 @@ def fake_array(video_id: str) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (3 + seed % 4, 1, 8, 8), dtype=np.uint8)
 
 
-def fake_entry(record, *, delay: float = 0.0, log: str | None = None):
-    """A compute function for run_precompute that decodes nothing; `log` collects the ids computed."""
+def fake_entry(source, *, delay: float = 0.0, log: str | None = None):
+    """A precompute stage that decodes nothing; `log` collects the ids computed."""
     time.sleep(delay)
     if log:
         with open(log, "a") as f:
-            f.write(record.video_id + "\n")
-    if "crash" in record.video_id:
+            f.write(source.video_id + "\n")
+    if "crash" in source.video_id:
         os.kill(os.getpid(), signal.SIGKILL)  # as a decoder segfault or the OOM killer would
-    if "broken" in record.video_id:
-        raise UserError(f"cannot decode video {record.path}: broken")
-    return fake_array(record.video_id), {"fps": 10.0}
+    if "broken" in source.video_id:
+        raise UserError(f"cannot decode video {source.path}: broken")
+    return fake_array(source.video_id), {"fps": 10.0}
 
 
 def fake_records(tmp_path: Path, n: int) -> list[VideoRecord]:
@@ -126,23 +130,25 @@ def fake_records(tmp_path: Path, n: int) -> list[VideoRecord]:
     src.mkdir(exist_ok=True)
     records = []
     for i in range(n):
-        (src / f"v{i:02d}.avi").write_bytes(b"x" * (i + 1))
+        if not (src / f"v{i:02d}.avi").exists():
+            (src / f"v{i:02d}.avi").write_bytes(b"x" * (i + 1))
         records.append(VideoRecord(f"UCF-101/C{i % 3}/v{i:02d}", str(src / f"v{i:02d}.avi"), i % 3))
     return records[::-1]  # the runner sorts
 
 
-PROV = {"format_version": 1, "modality": "flow", "algorithm": "fake", "params": {}, "resolution": None,
-        "encoding": {"kind": "uint8_linear", "bound": 20.0}, "source_root": "/"}  # fmt: skip
+PROV = {"format_version": 2, "cache": "fake", "settings": {}, "resolution": None, "dataset": "d", "source_root": "/"}
 
 
-def run(records, out, **kw):
-    args = {"provenance": PROV, "compute": fake_entry, "workers": 1, "shard": (0, 1), "videos_per_part": 2, "desc": "t"}
-    return run_precompute(records=records, out=out, **{**args, **kw})
+def run(records, out, compute=fake_entry, provenance=PROV, **kw):
+    target = Target("fake", Path(out), provenance, Precompute(compute=compute))
+    root = Path(records[0].path).parent.parent
+    args = {"workers": 1, "shard": (0, 1), "videos_per_part": 2, "desc": "t", "progress": False}
+    return run_precompute(records=records, targets=[target], root=root, **{**args, **kw})
 
 
 def assert_complete(out, records):
-    reader = CacheReader(out, expect=PROV)
-    reader.check([r.video_id for r in records], "CMD")
+    reader = CacheReader(out, expect=PROV, root=Path(records[0].path).parent.parent)
+    reader.check(records)
     for r in records:
         expected = fake_array(r.video_id)
         np.testing.assert_array_equal(reader.read(r.video_id, 0, len(expected)), expected)
@@ -157,19 +163,25 @@ def test_parts_and_shards_are_deterministic():
             parse_shard(bad)
 
 
-def test_resume_after_the_writer_is_killed(tmp_path):
-    records = fake_records(tmp_path, 12)
-    out = tmp_path / "cache"
+def start_writer(tmp_path: Path, out: Path, n: int, delay: float) -> subprocess.Popen:
     code = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(TESTS)!r})
         from functools import partial
-        from test_precompute import fake_entry, fake_records, run, PROV
+        from test_precompute import fake_entry, fake_records, run
         from pathlib import Path
-        run(fake_records(Path({str(tmp_path)!r}), 12), Path({str(out)!r}), compute=partial(fake_entry, delay=0.15))
+        records = fake_records(Path({str(tmp_path)!r}), {n})
+        s = run(records, Path({str(out)!r}), compute=partial(fake_entry, delay={delay}))
+        print(s.line())
     """)
-    proc = subprocess.Popen([sys.executable, "-c", code])
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+
+
+def test_resume_after_the_writer_is_killed(tmp_path):
+    records = fake_records(tmp_path, 12)
+    out = tmp_path / "cache"
+    proc = start_writer(tmp_path, out, 12, 0.15)
     deadline = time.monotonic() + 60
-    while not (out / "part-00002.h5.tmp").exists():  # parts 0 and 1 done, part 2 half written
+    while len(list(out.glob("part-*.h5"))) < 2:  # parts 0 and 1 done, part 2 under way
         assert proc.poll() is None and time.monotonic() < deadline, "the writer ended before it was killed"
         time.sleep(0.01)
     time.sleep(0.05)
@@ -187,7 +199,7 @@ def test_resume_after_the_writer_is_killed(tmp_path):
     assert summary.ok and summary.skipped == len(done) and summary.done == 12 - len(done)
     assert sorted(log.read_text().split()) == sorted(r.video_id for r in records if r not in done)
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # finished parts were not rewritten
-    assert not list(out.glob("*.tmp"))
+    assert not list(out.glob("*.tmp*"))
     assert_complete(out, records)
     assert run(records, out).done == 0  # a third run has nothing to do
 
@@ -197,14 +209,14 @@ def test_failed_video_is_reported_kept_out_and_retried(tmp_path, capsys):
     bad = VideoRecord("UCF-101/C0/broken", records[0].path, 0)
     out = tmp_path / "cache"
     summary = run([*records, bad], out, videos_per_part=3)
-    assert not summary.ok and list(summary.failed) == ["UCF-101/C0/broken"] and summary.done == 5
+    assert not summary.ok and list(summary.failed) == ["UCF-101/C0/broken (fake)"] and summary.done == 5
     assert "warning: skipped video UCF-101/C0/broken" in capsys.readouterr().err
     assert_complete(out, records)
     with pytest.raises(UserError, match="lacks 1 of 6 videos.*could not be decoded"):
-        CacheReader(out).check([r.video_id for r in [*records, bad]])
+        CacheReader(out).check([*records, bad])
     log = tmp_path / "computed.txt"
     again = run([*records, bad], out, videos_per_part=3, compute=partial(fake_entry, log=str(log)))
-    assert log.read_text().split() == ["UCF-101/C0/broken"] and list(again.failed) == ["UCF-101/C0/broken"]
+    assert log.read_text().split() == ["UCF-101/C0/broken"] and len(again.failed) == 1
     assert_complete(out, records)  # the rebuilt part kept the entries it had (copied, not recomputed)
 
 
@@ -214,7 +226,7 @@ def test_a_worker_that_dies_is_named_not_waited_for(tmp_path):
     out = tmp_path / "cache"
     with pytest.raises(UserError, match="worker process died .* computing UCF-101/C1/crash.*rerun to resume"):
         run([*records, crash], out, workers=2)
-    assert (out / "part-00000.h5").exists() and not list(out.glob("*.tmp"))  # the parts before it are kept
+    assert (out / "part-00000.h5").exists() and not list(out.glob("*.tmp*"))  # the parts before it are kept
 
 
 def test_changed_source_is_recomputed(tmp_path):
@@ -244,12 +256,64 @@ def test_shards_fill_one_cache_equal_to_a_single_run(tmp_path):
 def test_different_settings_are_refused(tmp_path):
     records = fake_records(tmp_path, 2)
     run(records, tmp_path / "cache")
-    msg = "filled without params.preset but the config asks for params.preset='fast'; set a different cache.dir"
+    msg = "filled without settings.preset but the config asks for settings.preset='fast'; delete"
     with pytest.raises(UserError, match=msg):
-        run(records, tmp_path / "cache", provenance={**PROV, "params": {"preset": "fast"}})
+        run(records, tmp_path / "cache", provenance={**PROV, "settings": {"preset": "fast"}})
 
 
-# ---- the tools -----------------------------------------------------------------------------------
+def damage(part: Path, how: str) -> None:
+    if how == "zero bytes":
+        part.write_bytes(b"")
+    elif how == "truncated":
+        part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    else:  # flipped bytes inside the first entry's stored data
+        import h5py
+
+        with h5py.File(part, "r") as f:
+            info = f[json.loads(f.attrs["videos"])[0]].id.get_chunk_info(1)
+        with open(part, "r+b") as f:
+            f.seek(info.byte_offset + 2)
+            flipped = bytes(b ^ 0xFF for b in f.read(2))
+            f.seek(info.byte_offset + 2)
+            f.write(flipped)
+
+
+@pytest.mark.parametrize("how", ["flipped bytes", "truncated", "zero bytes"])
+def test_a_damaged_part_is_found_and_only_its_damage_recomputed(tmp_path, capsys, how):
+    records = fake_records(tmp_path, 6)
+    out = tmp_path / "cache"
+    run(records, out)
+    damage(out / "part-00001.h5", how)
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.h5")}
+    log = tmp_path / "computed.txt"
+    summary = run(records, out, compute=partial(fake_entry, log=str(log)))
+    err = capsys.readouterr().err
+    assert "part-00001.h5" in err and "recomputing" in err
+    part1 = [r.video_id for r in sorted(records, key=lambda r: r.video_id)[2:4]]
+    expected = part1[:1] if how == "flipped bytes" else part1  # the damaged entry, or the whole unreadable part
+    assert log.read_text().split() == expected and summary.damaged == len(expected)
+    assert summary.parts_written == 1 and summary.ok
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.h5") if p.name != "part-00001.h5"} == {
+        k: v for k, v in stamps.items() if k != "part-00001.h5"
+    }  # the other parts were not touched
+    assert_complete(out, records)
+
+
+def test_two_writers_on_one_shard_equal_a_single_run(tmp_path):
+    records = fake_records(tmp_path, 8)
+    one, two = tmp_path / "one", tmp_path / "two"
+    run(records, one)
+    procs = [start_writer(tmp_path, two, 8, 0.05) for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    computed = [int(o.split(": ")[1].split(" entries computed")[0]) for o in outs]
+    assert sum(computed) == 8  # every entry computed once: the second run found the parts locked or done
+    assert sorted(p.name for p in one.iterdir()) == sorted(p.name for p in two.iterdir())
+    assert not list(two.glob("*.tmp*"))
+    assert_complete(two, records)
+
+
+# ---- mvcoding precompute -------------------------------------------------------------------------
 
 
 def write_config(tmp_path: Path, views: str) -> Path:
@@ -268,64 +332,91 @@ def ucf(tmp_path):
     return root
 
 
-def test_flow_tool_fills_the_cache_the_view_reads(tmp_path, ucf, capsys):
+def test_precompute_flow_fills_the_cache_the_view_reads(tmp_path, ucf, capsys):
     config = write_config(tmp_path, "flow:\n  algorithm: dis\n  resolution: [24, 32]\n  encoder: small3d\n")
     args = [str(config), f"dataset.root={ucf}", "precompute.videos_per_part=5", "precompute.workers=1"]
     bad = ucf / "UCF-101/HammerThrow/v_HammerThrow_g02_c01.avi"
     bad.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
-    assert main_flow(args) == 1
+    assert main(["flow", *args]) == 1
     captured = capsys.readouterr()
-    assert "UCF-101/HammerThrow/v_HammerThrow_g02_c01" in captured.err and "11 videos computed" in captured.out
+    assert "UCF-101/HammerThrow/v_HammerThrow_g02_c01" in captured.err and "11 entries computed" in captured.out
 
-    # the trainer's view asks for the same settings (only its own keys) and reads the same cache
-    path, prov = cache_settings(
-        cache_dir=ucf / "cache", dataset="ucf101", modality="flow", settings={"resolution": [24, 32]}, root=ucf
-    )
-    assert path == ucf / "cache/ucf101-flow-dis-24x32"
-    reader = CacheReader(path, expect=prov)
+    # the trainer's view (built from the same config) reads the same cache
+    view = build_views(load_config(config, args[1:]), ["flow"])["flow"]
+    assert view.cache.path.parent == ucf / "cache/ucf101" and view.cache.path.name.startswith("flow-dis-24x32-")
+    reader = view.cache
     good = sorted(p for p in (ucf / "UCF-101").rglob("*.avi") if p != bad)
     ids = [str(p.relative_to(ucf).with_suffix("")) for p in good]
     assert reader.missing(ids) == []
     x = reader.read(ids[0], 0, 6)
     assert x.shape == (6, 2, 24, 32) and x.dtype == np.uint8
     assert np.abs(dequantize(x, 20.0)).max() > 0.5  # the square moves: real flow, not zeros
-    assert reader.num_frames(ids[0]) == 6 and reader.attrs(ids[0])["source_size"] == good[0].stat().st_size
+    a = reader.attrs(ids[0])
+    assert reader.num_frames(ids[0]) == 6 and a["source_size"] == good[0].stat().st_size
+    assert a["source_path"] == f"{ids[0]}.avi"
 
     write_video(bad, np.zeros((6, 32, 32, 3), np.uint8))  # fixed: a rerun computes just that video
-    assert main_flow(args) == 0
-    assert "1 videos computed, 11 already cached, 0 failed" in capsys.readouterr().out
-    reader.check([*ids, "UCF-101/HammerThrow/v_HammerThrow_g02_c01"], "CMD")
+    assert main(["flow", *args]) == 0
+    assert "1 entries computed, 11 already cached, 0 failed" in capsys.readouterr().out
+    records = [
+        VideoRecord(str(p.relative_to(ucf).with_suffix("")), str(p), 0) for p in (ucf / "UCF-101").rglob("*.avi")
+    ]
+    view.check(records)
 
 
-def test_flow_tool_user_errors_are_one_line(tmp_path, ucf, capsys):
+def test_precompute_all_decodes_each_video_once_for_every_cached_view(tmp_path, ucf, capsys, monkeypatch):
+    depth = tmp_path / "depth_pngs"
+    for video in (ucf / "UCF-101").rglob("*.avi"):
+        (depth / video.relative_to(ucf / "UCF-101").with_suffix("")).mkdir(parents=True)
+        for t in range(6):
+            cv2.imwrite(str(depth / video.relative_to(ucf / "UCF-101").with_suffix("") / f"{t:05d}.png"),
+                        np.full((32, 32), 1000 + t, np.uint16))  # fmt: skip
+    views = "flow:\n  algorithm: farneback\ndepth:\n  source: folder\n  folder: " + str(depth) + "\n"
+    config = write_config(tmp_path, views)
+    import mvcoding.video
+
+    calls = []
+    decode_all = mvcoding.video.decode_all
+    monkeypatch.setattr(mvcoding.video, "decode_all", lambda *a: calls.append(a[0]) or decode_all(*a))
+    assert main(["all", str(config), f"dataset.root={ucf}", "precompute.workers=1"]) == 0
+    out = capsys.readouterr().out
+    assert "24 entries computed" in out and "flow-farneback-native" in out and "depth-folder-native" in out
+    assert len(calls) == 12 == len(set(calls))  # flow decodes; depth reads its PNGs: one decode per video
+
+
+def test_precompute_user_errors_are_one_line(tmp_path, ucf, capsys):
     config = write_config(tmp_path, "flow:\n  algorithm: farneback\n")
-    assert main_flow([str(config), f"dataset.root={ucf}", "precompute.shard=2/2"]) == 2
+    assert main(["flow", str(config), f"dataset.root={ucf}", "precompute.shard=2/2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: precompute.shard='2/2' is not valid") and err.count("\n") == 1
-    assert main_depth([str(config), f"dataset.root={ucf}"]) == 2
-    assert "has no views.depth" in capsys.readouterr().err
-    assert main_flow([str(config), f"dataset.root={ucf}", "+views.flow.params={preset: fast}"]) == 2
+    assert main(["depth", str(config), f"dataset.root={ucf}"]) == 2
+    assert "has no views.depth; views in it: rgb, flow" in capsys.readouterr().err
+    assert main(["rgb", str(config), f"dataset.root={ucf}"]) == 2
+    assert "view 'rgb' has no precompute stage" in capsys.readouterr().err
+    assert main(["flow", str(config), f"dataset.root={ucf}", "+views.flow.params={preset: fast}"]) == 2
     assert "unknown parameter 'preset' of flow algorithm 'farneback'" in capsys.readouterr().err
+    # the view is built as in training: a misspelt setting stops before anything is computed
+    assert main(["flow", str(config), f"dataset.root={ucf}", "views.flow.algoritm=dis"]) == 2
+    assert "unknown setting views.flow.algoritm; valid settings for view 'flow'" in capsys.readouterr().err
+    assert not (ucf / "cache").exists()
     with pytest.raises(SystemExit) as e:
-        main_flow(["--help"])
+        main(["--help"])
     assert e.value.code == 0 and "precompute.shard=i/n" in capsys.readouterr().out
 
 
-def test_tool_scripts_run_as_commands(tmp_path):
+def test_tool_scripts_and_the_command_run(tmp_path):
     for tool in ("precompute_flow", "precompute_depth"):
         out = subprocess.run(
             [sys.executable, str(TESTS.parent / "tools" / f"{tool}.py"), "--help"], capture_output=True, text=True
         )
         assert out.returncode == 0 and "CONFIG" in out.stdout.upper() and "resumable" in out.stdout
-    out = subprocess.run(
-        [sys.executable, str(TESTS.parent / "tools" / "precompute_flow.py"), str(tmp_path / "none.yaml")],
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 2 and "Traceback" not in out.stderr and "none.yaml" in out.stderr
+    for cmd in ([sys.executable, str(TESTS.parent / "tools" / "precompute_flow.py")],
+                [sys.executable, "-m", "mvcoding", "precompute", "flow"]):  # fmt: skip
+        out = subprocess.run([*cmd, str(tmp_path / "none.yaml")], capture_output=True, text=True)
+        assert out.returncode == 2 and "Traceback" not in out.stderr and "none.yaml" in out.stderr
 
 
-def test_depth_tool_from_a_folder_of_depth_images(tmp_path, ucf):
+def test_depth_from_a_folder_of_depth_images(tmp_path, ucf):
     depth = tmp_path / "depth_pngs"
     for video in (ucf / "UCF-101").rglob("*.avi"):
         d = video.relative_to(ucf / "UCF-101").with_suffix("")
@@ -335,11 +426,8 @@ def test_depth_tool_from_a_folder_of_depth_images(tmp_path, ucf):
             img[:4] = 0  # invalid rows, as sensors write
             cv2.imwrite(str(depth / d / f"{t:05d}.png"), img)
     config = write_config(tmp_path, f"depth:\n  source: folder\n  folder: {depth}\n  resolution: [16, 16]\n")
-    assert main_depth([str(config), f"dataset.root={ucf}", "precompute.workers=2"]) == 0
-    path, prov = cache_settings(
-        cache_dir=ucf / "cache", dataset="ucf101", modality="depth", settings={"source": "folder", "folder": str(depth),
-        "resolution": [16, 16]}, root=ucf)  # fmt: skip
-    reader = CacheReader(path, expect=prov)
+    assert main(["depth", str(config), f"dataset.root={ucf}", "precompute.workers=2"]) == 0
+    reader = build_views(load_config(config, [f"dataset.root={ucf}"]), ["depth"])["depth"].cache
     vid = "UCF-101/ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01"
     x = reader.read(vid, 0, 6)
     assert x.shape == (6, 1, 16, 16) and (x[:, :, :2] == 0).all()
@@ -350,21 +438,38 @@ def test_depth_tool_from_a_folder_of_depth_images(tmp_path, ucf):
 
 def test_midas_without_local_repo_says_what_to_get(tmp_path, ucf, capsys):
     config = write_config(tmp_path, f"depth:\n  source: midas\n  hub_repo: {tmp_path / 'MiDaS'}\n")
-    assert main_depth([str(config), f"dataset.root={ucf}"]) == 2
+    assert main(["depth", str(config), f"dataset.root={ucf}"]) == 2
     assert "is not a MiDaS checkout; clone https://github.com/isl-org/MiDaS" in capsys.readouterr().err
 
 
-def test_depth_tool_on_the_synthetic_ground_truth(tmp_path):
+def test_depth_on_the_synthetic_ground_truth(tmp_path):
     gen = {"classes": 2, "videos_per_class": 3, "frames": 6, "size": 32, "workers": 1}
     overrides = [f"dataset.root={tmp_path / 'syn'}", *(f"dataset.generate.{k}={v}" for k, v in gen.items())]
     overrides += ["+views.depth={source: synthetic}", "precompute.workers=1"]
     config = str(CONFIG_DIR / "synthetic_rgb_flow.yaml")
-    assert main_depth([config, *overrides]) == 0
-    path, prov = cache_settings(
-        cache_dir=tmp_path / "syn/cache", dataset="synthetic", modality="depth", settings={}, root=tmp_path / "syn"
-    )
-    reader = CacheReader(path, expect=prov)
+    assert main(["depth", config, *overrides]) == 0
+    reader = build_views(load_config(config, overrides), ["depth"])["depth"].cache
     vid = next(iter(reader.index))
     x = reader.read(vid, 0, 6)
     assert x.shape == (6, 1, 32, 32) and x.min() >= 1 and x.max() == 255  # all valid, full range used
-    assert main_flow([config, *overrides]) == 0
+
+
+def test_cache_status_counts_filled_missing_and_damaged(tmp_path, ucf, capsys):
+    from mvcoding.precompute import status
+
+    config = write_config(tmp_path, "flow:\n  algorithm: farneback\n  resolution: [24, 32]\n")
+    cfg = load_config(config, [f"dataset.root={ucf}", "precompute.videos_per_part=4", "precompute.shard=0/2"])
+    (row,) = status(cfg)
+    assert (row["view"], row["videos"], row["filled"], row["missing"], row["bytes"]) == ("flow", 12, 0, 12, 0)
+    assert (
+        main(["flow", str(config), f"dataset.root={ucf}", "precompute.videos_per_part=4", "precompute.shard=0/2"]) == 0
+    )
+    (row,) = status(cfg)
+    assert (row["filled"], row["missing"], row["damaged_parts"]) == (8, 4, 0) and row["bytes"] > 0
+    (Path(row["path"]) / "part-00000.h5").write_bytes(b"")
+    (row,) = status(cfg)
+    assert (row["filled"], row["missing"], row["damaged_parts"]) == (4, 8, 1)
+    from mvcoding.cli import main as cli
+
+    assert cli(["cache", "status", str(config), f"dataset.root={ucf}"]) == 0
+    assert "flow       incomplete 4/12 filled, 8 missing, 0 failed, 1 damaged parts" in capsys.readouterr().out

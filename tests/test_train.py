@@ -66,8 +66,31 @@ def test_non_finite_loss_stops_with_a_clear_message(synthetic_root, tmp_path):
 
 def test_missing_flow_cache_names_the_fill_command(synthetic_root, tmp_path):
     over = {"run.dir": tmp_path / "r", "cache.dir": tmp_path / "empty-cache"}
-    with pytest.raises(UserError, match="precompute_flow.py"):
+    with pytest.raises(UserError, match="mvcoding precompute flow CONFIG"):
         train(load_config(SYNTHETIC, tiny(synthetic_root, **over)))
+
+
+def test_training_from_a_complete_cache_writes_nothing_there(synthetic_root, tmp_path):
+    """What makes a cache on a read-only mount trainable: once filled (lengths too), training only reads."""
+    cache = synthetic_root / "cache"
+    train(load_config(SYNTHETIC, tiny(synthetic_root, **{"run.dir": tmp_path / "a", "train.max_steps": 1})))
+    before = {p: p.stat().st_mtime_ns for p in cache.rglob("*")}
+    train(load_config(SYNTHETIC, tiny(synthetic_root, **{"run.dir": tmp_path / "b", "train.max_steps": 2,
+                                                         "data.workers": 1})))  # fmt: skip
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*")} == before
+
+
+def test_lengths_that_cannot_be_written_are_kept_for_the_run(synthetic_root, tmp_path, caplog):
+    from mvcoding.data import video_lengths
+    from mvcoding.datasets import load_dataset
+
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder would be, as a read-only mount refuses a write")
+    cfg = load_config(SYNTHETIC, tiny(synthetic_root, **{"cache.dir": blocker}))
+    records = load_dataset(cfg.dataset).records("all")
+    lengths = video_lengths(records, cfg)
+    assert len(lengths) == 24 and all(n == 12 for n, _ in lengths.values())
+    assert "the lengths are kept for this run only" in caplog.text
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(synthetic_root, tmp_path):

@@ -27,9 +27,9 @@ EVAL_AUG = Aug(train=False, crop=None, flip=False)  # what sample_aug gives in e
 @pytest.fixture(scope="session")
 def four_root(synthetic_root):
     """The tiny synthetic dataset with its flow and depth caches filled (the same overrides as training)."""
-    from mvcoding.precompute import main_depth
+    from mvcoding.precompute import main as precompute
 
-    assert main_depth([FOUR, *tiny(synthetic_root)]) == 0
+    assert precompute(["depth", FOUR, *tiny(synthetic_root)]) == 0
     return synthetic_root
 
 
@@ -40,7 +40,7 @@ def setup(four_root):
 
     cfg = load_config(FOUR, tiny(four_root))
     records = load_dataset(cfg.dataset).records("train")
-    lengths = video_lengths(records, cfg.cache.dir)
+    lengths = video_lengths(records, cfg)
     r = records[1]
     n, fps = lengths[r.video_id]
     return view_context(cfg), records, Clip(r.video_id, r.path, 3, cfg.data.frames, cfg.data.stride, fps, n)
@@ -138,7 +138,7 @@ def test_depth_view_reads_the_cache_the_tool_filled(setup):
 def test_depth_view_without_its_cache_names_the_fill_command(setup, tmp_path):
     ctx, records, _ = setup
     view = build_view("depth", replace(ctx, cache_dir=str(tmp_path)))
-    with pytest.raises(UserError, match=r"depth cache .* lacks .*precompute_depth\.py"):
+    with pytest.raises(UserError, match=r"depth cache .* lacks .*mvcoding precompute depth CONFIG"):
         view.check(records)
     with pytest.raises(UserError, match=r"depth.*resolution=\[16\]"):
         build_view("depth", ctx, resolution=[16])
@@ -167,8 +167,8 @@ def test_four_views_train_on_the_core_graph(four_root, tmp_path):
 def test_cached_window_past_the_end_repeats_the_last_frame():
     import numpy as np
 
+    from mvcoding.cache import CachedClips
     from mvcoding.registry import Clip
-    from mvcoding.views.flow import read_cached
 
     frames = np.arange(10 * 2 * 2 * 2, dtype=np.uint8).reshape(10, 2, 2, 2)  # (T, C, H, W)
 
@@ -176,6 +176,6 @@ def test_cached_window_past_the_end_repeats_the_last_frame():
         def read(self, video_id, start, stop, step):
             return frames[start:stop:step]
 
-    x = read_cached(Reader(), Clip("v", "v.avi", 4, 4, 2, 25.0, 10), offset=3)  # frames 7, 9, then past the end
+    x = CachedClips(Reader(), offset=3)(Clip("v", "v.avi", 4, 4, 2, 25.0, 10))  # frames 7, 9, then past the end
     assert x.shape == (2, 4, 2, 2)
     assert x[:, 0].tolist() == frames[7].tolist() and all(x[:, t].tolist() == frames[9].tolist() for t in (1, 2, 3))

@@ -1,40 +1,191 @@
-"""Optical flow read from the HDF5 cache filled by tools/precompute_flow.py: the `flow` view."""
+"""The `flow` view: optical flow between consecutive frames, computed once by its precompute stage
+(OpenCV DIS / Farneback / TV-L1 or torchvision RAFT) into the HDF5 cache, read back for training.
+
+    flow = compute_flow(frames, "dis", preset="medium")   # (T, H, W, 3) uint8 -> (T, 2, H, W) float32
+    mvcoding precompute flow CONFIG [overrides]           # fills the cache of views.flow's settings
+
+flow[t] is the displacement (x, y) in pixels from frame t to frame t+1, so every clip frame t has a
+flow frame at the same t. The last frame has no successor: flow[T-1] repeats flow[T-2] (a clip that
+ends at the video's last frame still sees the motion there); a one-frame video gets zero flow.
+The OpenCV algorithms run on grayscale frames; RAFT on the RGB frames.
+
+Every algorithm is one entry of ALGORITHMS: its default parameters and the function computing the
+pairs. `resolve_params` merges a config's parameters over the defaults (a misspelt one is an error),
+and the resolved parameters (less the runtime ones) identify the cache. The cache stores flow
+clipped to +-bound pixels as uint8 (mvcoding.cache.quantize: the TV-L1 cache convention).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from mvcoding.cache import CacheReader, cache_settings, dequantize
+from mvcoding.cache import dequantize, quantize
 from mvcoding.encoders import build_encoder
-from mvcoding.registry import Aug, Clip, View, ViewContext, register_view
+from mvcoding.errors import UserError
+from mvcoding.registry import Aug, Precompute, Source, View, ViewContext, register_view
 from mvcoding.transforms import crop_box, crop_resize
 
-
-def read_cached(reader: CacheReader, clip: Clip, offset: int = 0) -> torch.Tensor:
-    """The clip's cached frames (C, T, H, W) uint8: one contiguous slice, then the stride."""
-    start = min(clip.start + offset, clip.video_frames - 1)
-    stop = min(start + (clip.num_frames - 1) * clip.stride + 1, clip.video_frames)
-    x = reader.read(clip.video_id, start, stop, clip.stride)  # (T', C, H, W)
-    if x.shape[0] < clip.num_frames:  # the offset ran past the end: repeat the last frame
-        x = np.concatenate([x, np.repeat(x[-1:], clip.num_frames - x.shape[0], axis=0)])
-    return torch.from_numpy(x).permute(1, 0, 2, 3)  # (C, T, H, W)
+DIS_PRESETS = {"ultrafast": 0, "fast": 1, "medium": 2}
 
 
-def fill_command(modality: str) -> str:
-    return f"python tools/precompute_{modality}.py CONFIG.yaml dataset.root=... (the same config and overrides)"
+@dataclass(frozen=True)
+class Algorithm:
+    """pairs(frames (T, H, W, 3) uint8, **params) -> (T-1, 2, H, W) float32 flow of frame t -> t+1."""
+
+    pairs: Callable[..., np.ndarray]
+    defaults: dict
 
 
-def open_cache(ctx: ViewContext, modality: str, settings: dict) -> tuple[CacheReader, Callable]:
-    """The reader of the cache that tools/precompute_<modality>.py fills for these settings, and the
-    view's `check(records)`: the same cache_settings call as the tool, so both name one cache."""
-    path, provenance = cache_settings(
-        cache_dir=ctx.cache_dir, dataset=ctx.dataset, modality=modality, settings=settings, root=ctx.root
-    )
-    reader = CacheReader(path, expect=provenance, fill_command=fill_command(modality))
-    return reader, lambda records: reader.check([r.video_id for r in records], fill_command(modality))
+def _gray(frames: np.ndarray) -> list[np.ndarray]:
+    import cv2
+
+    return [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+
+
+def _opencv_pairs(frames: np.ndarray, calc: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    gray = _gray(frames)
+    out = np.empty((len(gray) - 1, 2, *gray[0].shape), np.float32)
+    for t in range(len(gray) - 1):
+        out[t] = calc(gray[t], gray[t + 1]).transpose(2, 0, 1)  # (H, W, 2) -> (2, H, W)
+    return out
+
+
+def _dis(frames: np.ndarray, *, preset: str) -> np.ndarray:
+    import cv2
+
+    if preset not in DIS_PRESETS:
+        raise UserError(f"DIS preset {preset!r} is not valid; choose one of: {', '.join(DIS_PRESETS)}")
+    dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
+    return _opencv_pairs(frames, lambda a, b: dis.calc(a, b, None))
+
+
+def _farneback(frames: np.ndarray, **p) -> np.ndarray:
+    import cv2
+
+    args = (p["pyr_scale"], p["levels"], p["winsize"], p["iterations"], p["poly_n"], p["poly_sigma"], 0)
+    return _opencv_pairs(frames, lambda a, b: cv2.calcOpticalFlowFarneback(a, b, None, *args))
+
+
+def tvl1_factory() -> Callable:
+    """cv2.optflow's Dual TV-L1 constructor, or UserError saying how to install it."""
+    import cv2
+
+    optflow = getattr(cv2, "optflow", None)
+    create = getattr(optflow, "DualTVL1OpticalFlow_create", None) or getattr(optflow, "createOptFlow_DualTVL1", None)
+    if create is None:
+        raise UserError(
+            "TV-L1 needs opencv-contrib-python: pip install 'mvcoding[tvl1]'; it conflicts with opencv-python "
+            "(both install cv2), so then run: pip uninstall -y opencv-python && "
+            "pip install --force-reinstall --no-deps opencv-contrib-python"
+        )
+    return create
+
+
+def _tvl1(frames: np.ndarray, **p) -> np.ndarray:
+    tvl1 = tvl1_factory()(**p)
+    return _opencv_pairs(frames, lambda a, b: tvl1.calc(a, b, None))
+
+
+def raft_weights_file(name: str) -> tuple[Path, str]:
+    """(local path, download URL) of torchvision's RAFT weights `name` ("raft_small" or "raft_large")."""
+    import torch
+    from torchvision.models import optical_flow
+
+    weights = {"raft_small": optical_flow.Raft_Small_Weights, "raft_large": optical_flow.Raft_Large_Weights}[name]
+    url = weights.DEFAULT.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1], url
+
+
+_RAFT: dict = {}  # (name, device) -> model, loaded once per process
+
+
+def _raft_model(name: str, device: str):
+    import torch
+    from torchvision.models import optical_flow
+
+    if (name, device) not in _RAFT:
+        path, url = raft_weights_file(name)
+        if not path.is_file():
+            raise UserError(f"RAFT weights {path} not found; download {url} to that path (curl -L -o {path} {url})")
+        model = getattr(optical_flow, name)(weights=None)
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        _RAFT[(name, device)] = model.eval().to(device)
+    return _RAFT[(name, device)]
+
+
+def _raft(frames: np.ndarray, *, name: str, batch: int, iters: int, device: str) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    model = _raft_model(name, device)
+    t, h, w, _ = frames.shape
+    # RAFT needs sides divisible by 8 and at least 128: resize to that, then the flow back (and rescale it)
+    rh, rw = (max(128, -(-side // 8) * 8) for side in (h, w))
+    scale = torch.tensor([w / rw, h / rh], device=device).view(1, 2, 1, 1)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, 3, H, W) uint8
+    out = np.empty((t - 1, 2, h, w), np.float32)
+    with torch.inference_mode():
+        for i in range(0, t - 1, batch):
+            j = min(i + batch, t - 1)
+            pair = x[i : j + 1].to(device).float() / 127.5 - 1.0  # frames i..j: (B+1, 3, H, W)
+            if (rh, rw) != (h, w):
+                pair = F.interpolate(pair, size=(rh, rw), mode="bilinear", align_corners=False)
+            flow = model(pair[:-1], pair[1:], num_flow_updates=iters)[-1]  # (B, 2, rh, rw)
+            if (rh, rw) != (h, w):
+                flow = F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=False) * scale
+            out[i:j] = flow.float().cpu().numpy()
+    return out
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "dis": Algorithm(_dis, {"preset": "medium"}),
+    "farneback": Algorithm(
+        _farneback, {"pyr_scale": 0.5, "levels": 3, "winsize": 15, "iterations": 3, "poly_n": 5, "poly_sigma": 1.2}
+    ),
+    "tvl1": Algorithm(_tvl1, {}),  # OpenCV's defaults (tau 0.25, lambda 0.15, theta 0.3, 5 scales, ...)
+    "raft_small": Algorithm(_raft, {"name": "raft_small", "batch": 16, "iters": 12, "device": "auto"}),
+    "raft_large": Algorithm(_raft, {"name": "raft_large", "batch": 8, "iters": 12, "device": "auto"}),
+}
+RUNTIME_PARAMS = {"batch", "device"}  # change speed, not the result: not part of the cache's provenance
+
+
+def resolve_params(algorithm: str, params: dict | None = None) -> dict:
+    """The algorithm's default parameters updated with `params`; unknown algorithms or keys raise UserError."""
+    if algorithm not in ALGORITHMS:
+        raise UserError(f"unknown flow algorithm {algorithm!r}; valid: {', '.join(ALGORITHMS)}")
+    defaults = ALGORITHMS[algorithm].defaults
+    unknown = sorted(set(params or {}) - set(defaults))
+    if unknown:
+        valid = ", ".join(defaults) or "none"
+        raise UserError(f"unknown parameter {unknown[0]!r} of flow algorithm {algorithm!r}; valid: {valid}")
+    return {**defaults, **(params or {})}
+
+
+def compute_flow(frames: np.ndarray, algorithm: str = "dis", **params) -> np.ndarray:
+    """Flow (T, 2, H, W) float32 of frames (T, H, W, 3) uint8 RGB; flow[t] goes from frame t to t+1.
+
+    flow[T-1] repeats flow[T-2]; T == 1 gives zeros. Channel 0 is x (rightwards), 1 is y (downwards).
+    """
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    p = resolve_params(algorithm, params)
+    t, h, w, _ = frames.shape
+    if t < 2:
+        return np.zeros((t, 2, h, w), np.float32)
+    pairs = ALGORITHMS[algorithm].pairs(frames, **p)  # (T-1, 2, H, W)
+    return np.concatenate([pairs, pairs[-1:]])
+
+
+def cache_entry(source: Source, *, algorithm: str, params: dict, bound: float) -> tuple[np.ndarray, dict]:
+    """The precompute stage: one video's flow (T, 2, H, W) uint8 quantised to +-bound."""
+    return quantize(compute_flow(source.frames(), algorithm, **params), bound), {}
 
 
 @register_view("flow")
@@ -51,26 +202,47 @@ def flow(
     offset: int = 0,
 ) -> View:
     """Optical flow (x, y) between frames t and t+1 at every clip frame t, from the cache of
-    (algorithm, resolution); values clipped to +-bound pixels, fed to the encoder as flow / bound."""
+    (algorithm, params, resolution, bound): algorithm dis (default), farneback, tvl1, raft_small or
+    raft_large; params the algorithm's parameters (e.g. {preset: fast} for dis); resolution [H, W] the
+    flow is computed and stored at (null = native size; flow is in those pixels); values clipped to
+    +-bound pixels, fed to the encoder as flow / bound; offset: frames to shift this view's window by."""
     size = size or ctx.size
-    settings = {"algorithm": algorithm, "params": params, "resolution": resolution, "bound": bound}
-    reader, check = open_cache(ctx, "flow", settings)
-
-    def transform(x: torch.Tensor, aug: Aug) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        _, _, bh, bw = crop_box(h, w, aug.crop)
-        x = crop_resize(x, aug.crop, size)  # on the quantised bytes: dequantising is linear
-        x = torch.from_numpy(dequantize(x.numpy(), bound)) / bound  # (2, T, size, size) in [-1, 1]
-        x = x * torch.tensor([size / bw, size / bh]).view(2, 1, 1, 1)  # resizing stretches displacements too
-        if aug.flip:
-            x = x.flip(-1) * torch.tensor([-1.0, 1.0]).view(2, 1, 1, 1)
-        return x
-
+    resolved = resolve_params(algorithm, params)  # with the runtime ones (batch, device)
+    try:
+        bound = float(bound)
+    except (TypeError, ValueError):
+        bound = -1.0
+    if not bound > 0:
+        raise UserError(f"views.flow.bound={bound} is not valid; use a positive number of pixels (default 20)")
+    stage = Precompute(
+        compute=partial(cache_entry, algorithm=algorithm, params=resolved, bound=bound),
+        settings={
+            "algorithm": algorithm,
+            "params": {k: v for k, v in resolved.items() if k not in RUNTIME_PARAMS},
+            "encoding": {"kind": "uint8_linear", "bound": bound},
+        },
+        resolution=resolution,
+        label=algorithm,
+        gpu=algorithm.startswith("raft"),
+        offset=offset,
+    )
     return View(
         name="flow",
         channels=2,
-        decode=lambda clip: read_cached(reader, clip, offset),
-        transform=transform,
-        build_encoder=lambda: build_encoder(encoder, in_channels=2, width=width),
-        check=check,
+        decode=None,  # the framework reads the cache
+        transform=partial(transform_flow, size=size, bound=bound),
+        build_encoder=partial(build_encoder, encoder, in_channels=2, width=width),
+        precompute=stage,
     )
+
+
+def transform_flow(x: torch.Tensor, aug: Aug, *, size: int, bound: float) -> torch.Tensor:
+    """Cached flow (2, T, H, W) uint8 -> (2, T, size, size) float32 in [-1, 1], cropped and flipped with aug."""
+    h, w = x.shape[-2:]
+    _, _, bh, bw = crop_box(h, w, aug.crop)
+    x = crop_resize(x, aug.crop, size)  # on the quantised bytes: dequantising is linear
+    x = torch.from_numpy(dequantize(x.numpy(), bound)) / bound  # (2, T, size, size) in [-1, 1]
+    x = x * torch.tensor([size / bw, size / bh]).view(2, 1, 1, 1)  # resizing stretches displacements too
+    if aug.flip:
+        x = x.flip(-1) * torch.tensor([-1.0, 1.0]).view(2, 1, 1, 1)
+    return x

@@ -1,6 +1,6 @@
 """Frames per second of each flow algorithm: the full precompute pipeline beside a bare OpenCV loop.
 
-pipeline: run_precompute as tools/precompute_flow.py runs it: decord decode (resized to the cache's
+pipeline: run_precompute as `mvcoding precompute flow` runs it: decord decode (resized to the cache's
           resolution on decode) + grayscale + flow + quantise to uint8 + lzf HDF5 part files.
 bare:     the same flow call (cv2.DISOpticalFlow.calc, calcOpticalFlowFarneback, ...) in a plain loop over
           the same frames, already decoded, resized and grey: the ceiling the pipeline could reach.
@@ -26,12 +26,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mvcoding import flow
-from mvcoding.cache import CacheReader, cache_settings
+from mvcoding.cache import CacheReader
 from mvcoding.datasets import VideoRecord
 from mvcoding.errors import UserError
-from mvcoding.precompute import run_precompute
-from mvcoding.video import read_frames, write_video
+from mvcoding.precompute import Target, run_precompute
+from mvcoding.registry import ViewContext, build_view
+from mvcoding.video import decode_all, read_frames, write_video
+from mvcoding.views import flow
 
 
 def make_videos(root: Path, n: int, frames: int, h: int, w: int) -> list[VideoRecord]:
@@ -96,13 +97,14 @@ def bare(algorithm: str, params: dict, workers: int) -> float:
 
 def pipeline(records, tmp: Path, algorithm: str, params: dict, resolution, workers: int, compression="lzf"):
     """(frames per second, cache path) of run_precompute filling a fresh cache."""
-    settings = {"algorithm": algorithm, "params": params, "resolution": resolution}
-    path, prov = cache_settings(cache_dir=tmp / "cache", dataset="bench", modality="flow", settings=settings, root=tmp)
+    ctx = ViewContext(dataset="bench", root=str(tmp), cache_dir=str(tmp / "cache"), frames=16, stride=1, size=112)
+    view = build_view("flow", ctx, algorithm=algorithm, params=params, resolution=resolution)  # as the command does
+    path = view.cache.path
     shutil.rmtree(path, ignore_errors=True)
-    compute = partial(flow.cache_entry, algorithm=algorithm, params=params, resolution=resolution, bound=20.0)
+    target = Target("flow", path, view.cache.expect, view.precompute)
     t0 = time.perf_counter()
     s = run_precompute(
-        records=records, out=path, provenance=prov, compute=compute, workers=workers, shard=(0, 1),
+        records=records, targets=[target], root=tmp, workers=workers, shard=(0, 1),
         videos_per_part=4, desc=f"{algorithm} x{workers}", compression=compression, progress=False,
     )  # fmt: skip
     dt = time.perf_counter() - t0
@@ -131,7 +133,7 @@ def stages(records, tmp: Path, resolution, repeats: int) -> list[tuple[str, floa
 
     cv2.setNumThreads(1)
     path = records[0].path
-    frames, _ = flow.decode_video(path, resolution)
+    frames, _ = decode_all(path, resolution)
     grey = flow._gray(frames)
     calc = bare_calc("dis", flow.resolve_params("dis"))
     f = flow.compute_flow(frames, "dis")
@@ -144,7 +146,7 @@ def stages(records, tmp: Path, resolution, repeats: int) -> list[tuple[str, floa
 
     (tmp / "stages").mkdir(exist_ok=True)
     work = {
-        "decode (decord, resized)": lambda: flow.decode_video(path, resolution),
+        "decode (decord, resized)": lambda: decode_all(path, resolution),
         "DIS calc alone (bare)": lambda: [calc(grey[t], grey[t + 1]) for t in range(len(grey) - 1)],
         "compute_flow (grey+DIS+layout)": lambda: flow.compute_flow(frames, "dis"),
         "quantize": lambda: quantize(f, 20.0),

@@ -14,7 +14,7 @@ clip's time goes in one process (decode, flow read, transforms, collation).
 Data: --videos MJPG videos of --frames frames (a blurred random texture panning at a per-video speed, with
 a moving square), written with mvcoding.video.write_video in the UCF101 layout (tests/fake_trees.py) in a
 temporary folder (or --data DIR, reused when it already holds them); the flow cache is filled with
-tools/precompute_flow.py's main_flow on configs/ucf101_rgb_flow.yaml with dataset.root=<that folder>.
+`mvcoding precompute flow` on configs/ucf101_rgb_flow.yaml with dataset.root=<that folder>.
 Frames are 128x170 (write_video needs an even width) and both views read them at native size;
 `--source 240 320 --resolution 128 171` gives UCF101's own sizes (decord resizes on decode).
 
@@ -42,12 +42,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))  # fake_trees: the UCF101 layout
 
 from fake_trees import make_ucf101_tree  # noqa: E402
-from mvcoding.cache import cache_settings, read_parts  # noqa: E402
+from mvcoding.cache import read_parts  # noqa: E402
 from mvcoding.config import load_config  # noqa: E402
 from mvcoding.data import EpochSampler, MultiViewClips, make_loader, video_lengths  # noqa: E402
 from mvcoding.datasets import load_dataset  # noqa: E402
 from mvcoding.model import build_views  # noqa: E402
-from mvcoding.precompute import main_flow  # noqa: E402
+from mvcoding.precompute import main as precompute  # noqa: E402
 from mvcoding.transforms import sample_aug  # noqa: E402
 from mvcoding.video import write_video  # noqa: E402
 
@@ -261,18 +261,17 @@ def main() -> None:
         if not (root / "UCF-101").is_dir():
             make_data(root, args.videos, args.frames, *args.source)
         overrides = overrides_for(root, args.resolution)
-        rc = main_flow([str(CONFIG), *overrides, "precompute.workers=2"])
+        rc = precompute(["flow", str(CONFIG), *overrides, "precompute.workers=2"])
         if rc != 0:
             raise SystemExit(f"filling the flow cache failed (exit {rc})")
         cfg = load_config(CONFIG, overrides)
         records = load_dataset(cfg.dataset).records("all")
         views = build_views(cfg)
-        lengths = video_lengths(records, cfg.cache.dir)
+        lengths = video_lengths(records, cfg)
         d = cfg.data
         data = MultiViewClips(records, views, lengths, frames=d.frames, stride=d.stride, train=True, scale=d.scale,
                               flip=d.flip, seed=cfg.seed)  # fmt: skip
-        cache, _ = cache_settings(cache_dir=cfg.cache.dir, dataset=cfg.dataset.name, modality="flow",
-                                  settings=cfg.views.flow, root=cfg.dataset.root)  # fmt: skip
+        cache = views["flow"].cache.path
         parts = {vid: str(cache / f"{name}.h5") for name, info in read_parts(cache).items() for vid in info["videos"]}
         h, w = args.resolution or (-1, -1)
         _BARE.update(width=w, height=h, parts=parts)
