@@ -70,6 +70,27 @@ def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)], dim=0)
 
 
+def all_gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(every rank's `x` (n_r, D) concatenated in rank order, this rank's offset in it), with gradients:
+    the backward pass sums each rank's gradient for a slice back into the rank that owns it. So a loss
+    that scores local anchors against the gathered candidates, averaged over ranks by DDP, has the
+    gradient of the same loss computed in one process over the global batch. (x, 0) without a group.
+    Ranks may hold different n_r (the last batch of an epoch): padded for the collective, then trimmed.
+    """
+    if not is_dist():
+        return x, 0
+    import torch.distributed.nn.functional as dist_nn
+    import torch.nn.functional as F
+
+    size = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(size) for _ in range(world_size())]
+    dist.all_gather(sizes, size)
+    sizes = [int(s.item()) for s in sizes]
+    padded = F.pad(x, (0, 0, 0, max(sizes) - x.shape[0])) if x.shape[0] < max(sizes) else x.contiguous()
+    parts = dist_nn.all_gather(padded)
+    return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)], dim=0), sum(sizes[: rank()])
+
+
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     """The element-wise mean of `x` over ranks (a new tensor); `x` itself without a group."""
     if not is_dist():

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mvcoding.distributed import all_gather_cat, rank
+from mvcoding.distributed import all_gather_cat, all_gather_with_grad, rank
 from mvcoding.errors import UserError
 
 GRAPHS = ("core", "full")
@@ -67,13 +67,15 @@ def mi_lower_bound(loss: Tensor | float, n_negatives: int) -> Tensor | float:
 # --- in-batch InfoNCE ---------------------------------------------------------------------------
 
 
-def info_nce(z_a: Tensor, z_b: Tensor, tau: float) -> Tensor:
-    """L^{a,b}: each anchor z_a[i] against every candidate z_b[j] of the batch; positive at j = i.
+def info_nce(z_a: Tensor, z_b: Tensor, tau: float, offset: int = 0) -> Tensor:
+    """L^{a,b}: each anchor z_a[i] against every candidate z_b[j] of the batch; positive at j = offset + i.
 
-    z_a, z_b: (B, D). Returns the mean over the batch of -log softmax_j(z_a[i] . z_b[j] / tau)[i].
+    z_a: (B, D) anchors; z_b: (M, D) candidates, M >= offset + B (under torchrun: every rank's batch,
+    this rank's rows starting at `offset`). Returns the mean over the anchors of
+    -log softmax_j(z_a[i] . z_b[j] / tau)[offset + i].
     """
-    logits = z_a @ z_b.T / tau  # (B, B): row i scores anchor i, the positive on the diagonal
-    target = torch.arange(z_a.shape[0], device=z_a.device)  # (B,)
+    logits = z_a @ z_b.T / tau  # (B, M): row i scores anchor i, its positive at column offset + i
+    target = torch.arange(offset, offset + z_a.shape[0], device=z_a.device)  # (B,)
     return F.cross_entropy(logits, target)
 
 
@@ -261,8 +263,6 @@ class CMCObjective(nn.Module):
         if missing:
             raise KeyError(f"embeddings missing for views {missing}; got {sorted(z)}")
         use_bank = self.negatives == "memory_bank"
-        if not use_bank and index.shape[0] < 2:
-            raise ValueError("in-batch negatives need a batch of at least 2")
         # Score in float32 even under bf16 autocast: logits span 2/tau and need the precision.
         with torch.autocast(index.device.type, enabled=False):
             z = {v: z[v].float() for v in self.views}
@@ -273,13 +273,19 @@ class CMCObjective(nn.Module):
                 neg = sample_negatives(every, self.n_data, self.K, generator)  # (B * world, K)
                 neg = neg[rank() * index.shape[0] : (rank() + 1) * index.shape[0]]  # (B, K)
                 idx = torch.cat([index[:, None], neg], dim=1)  # (B, K+1): positive first, as bank_logits
-            n_neg = self.K if use_bank else index.shape[0] - 1
+                n_neg = self.K
+            else:  # candidates: the global batch of every rank, with gradients back to each rank
+                gathered = {v: all_gather_with_grad(z[v]) for v in self.views}  # {v: ((B * world, D), offset)}
+                n_neg = next(iter(gathered.values()))[0].shape[0] - 1
+                if n_neg < 1:
+                    raise ValueError("in-batch negatives need a batch of at least 2")
             total, stats = 0.0, []
             for p, (a, b) in enumerate(self.pairs):
                 losses, softmax_losses = [], []
                 for d, (anchor, other) in enumerate(((a, b), (b, a))):
                     if not use_bank:
-                        loss = softmax_loss = info_nce(z[anchor], z[other], self.tau)
+                        candidates, offset = gathered[other]
+                        loss = softmax_loss = info_nce(z[anchor], candidates, self.tau, offset)
                     else:
                         logits = _logits_at(z[anchor], self.banks.get_buffer(other), idx, self.tau)  # (B, K+1)
                         softmax_loss = nce_softmax_loss(logits)

@@ -409,12 +409,16 @@ def score_knn(run: Run, pos: Position, logger: MetricsLogger | None) -> None:
 
 def step_record(run: Run, pos: Position, loss: Tensor, stats: dict, clips_per_s: float, data_wait: float) -> dict:
     """One metrics.jsonl line; called on every rank (the mean loss and the bank check are collectives)."""
-    loss_mean = dist.all_reduce_mean(loss.detach()).item()  # a CPU-GPU sync point, once per log line
+    # the mean over ranks of the loss and of every statistic (each rank's are of its own anchors):
+    # one collective and one CPU-GPU sync per log line
+    names = list(stats)
+    means = dist.all_reduce_mean(torch.stack([loss.detach().float().reshape(()), *(torch.tensor(float(stats[k]),
+                                 device=loss.device) for k in names)])).tolist()  # fmt: skip
     record = {
         "step": pos.step,
         "epoch": pos.epoch,
-        "loss": loss_mean,
-        **stats,
+        "loss": means[0],
+        **dict(zip(names, means[1:], strict=True)),
         "lr": run.scheduler.get_last_lr()[0],
         "clips_per_s": clips_per_s,
         "data_wait": data_wait,
