@@ -197,7 +197,14 @@ class CMCObjective(nn.Module):
 
     State (in state_dict, so checkpointed): `banks.<view>` (N, D) per view, initialised to random
     unit vectors from `seed` (the same on every rank); for score="nce", `log_z` (pairs, 2), the log
-    of the running normalising constant for each pair and direction (column 0: a against b's bank).
+    of the normalising constant Z for each pair and direction (column 0: a against b's bank).
+
+    Where this differs from the original CMC (HobbitLong/CMC):
+    - NCE's Z: the original estimates Z once, from the first training batch (mean(exp(s/tau)) * N),
+      and keeps it. That is z_momentum=1.0, the default; z_momentum < 1 keeps a running mean
+      Z <- m Z + (1 - m) Z_batch instead (an option, not the original).
+    - Negatives: the original draws K indices uniformly over all N rows, so a negative can be the
+      positive's own row; here negatives are uniform over the N - 1 other rows, never the positive.
     """
 
     def __init__(
@@ -213,7 +220,7 @@ class CMCObjective(nn.Module):
         K: int = 16384,
         tau: float = 0.07,
         momentum: float = 0.5,
-        z_momentum: float = 0.9,
+        z_momentum: float = 1.0,
         seed: int = 0,
     ) -> None:
         super().__init__()
