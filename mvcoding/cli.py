@@ -17,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from mvcoding.errors import UserError
+from mvcoding.errors import Stopped, UserError
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         message = lines[-1].split("UserError: ", 1)[-1] if len(lines) > 1 else str(e)
         print(f"error: {message}", file=sys.stderr)
         return 2
+    except Stopped as e:
+        print(str(e), file=sys.stderr)
+        return e.code
     except KeyboardInterrupt:
         hint = "rerun the same command to resume" if args.command == "sweep" else "rerun with resume=auto to continue"
         print(f"interrupted; {hint}", file=sys.stderr)

@@ -29,12 +29,24 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def save_atomic(obj, path: str | Path) -> None:
-    """torch.save `obj` to `path` through a temporary file and a rename (creating the folder)."""
+    """torch.save `obj` to `path` through a temporary file and a rename (creating the folder).
+
+    A failed write (disk full, read-only folder) removes the temporary file and raises UserError naming
+    the path; whatever was at `path` before is untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp(path)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
+        tmp.unlink(missing_ok=True)
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:120]
+        prev = " (the previous file there is intact)" if path.is_file() else ""
+        raise UserError(f"cannot write {path} ({why}){prev}; free space on that disk or choose another folder") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_safe(path: str | Path):

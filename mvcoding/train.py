@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import random
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,8 @@ from mvcoding import distributed as dist
 from mvcoding.config import run_dir
 from mvcoding.data import EpochSampler, MultiViewClips, make_loader, video_lengths
 from mvcoding.datasets import DatasetIndex, load_dataset
-from mvcoding.errors import UserError
-from mvcoding.files import load_safe, save_atomic
+from mvcoding.errors import Stopped, UserError
+from mvcoding.files import load_safe, save_atomic, write_text_atomic
 from mvcoding.model import MultiViewModel, build_views
 from mvcoding.monitor import Monitor, make_monitor, monitor_every
 from mvcoding.objectives import CMCObjective, build_objective
@@ -72,8 +73,35 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
+RESUME_KEYS = ("views", "objective", "dataset.name", "dataset.split", "data.frames", "data.size")  # what must match
+
+
+def config_difference(saved: dict, cfg: DictConfig) -> str | None:
+    """The first of RESUME_KEYS where a saved run's config differs from `cfg` ('objective.K=8, not 16')."""
+    now = OmegaConf.to_container(cfg, resolve=True)
+
+    def get(d, key):
+        for part in key.split("."):
+            d = d.get(part) if isinstance(d, dict) else None
+        return d
+
+    def flat(v, prefix):
+        if isinstance(v, dict):
+            return {k: x for key, val in v.items() for k, x in flat(val, f"{prefix}.{key}").items()}
+        return {prefix: v}
+
+    for key in RESUME_KEYS:
+        a, b = flat(get(saved, key), key), flat(get(now, key), key)
+        for k in sorted(set(a) | set(b)):
+            if a.get(k, "(none)") != b.get(k, "(none)"):
+                return f"{k}={a.get(k, '(none)')}, not {b.get(k, '(none)')}"
+    return None
+
+
 def find_resume(cfg: DictConfig, out: Path) -> Path | None:
-    """resume=PATH -> PATH; resume=auto -> <run.dir>/checkpoints/last.pt, or the newest runs/<name>-*."""
+    """resume=PATH -> PATH; resume=auto -> <run.dir>/checkpoints/last.pt, or (without run.dir) the newest
+    runs/<name>-* whose config.yaml matches this config on RESUME_KEYS (UserError naming what differs
+    when runs exist but none matches)."""
     if not cfg.resume:
         return None
     if cfg.resume != "auto":
@@ -83,13 +111,28 @@ def find_resume(cfg: DictConfig, out: Path) -> Path | None:
         if not path.is_file():
             raise UserError(f"resume={cfg.resume}: no checkpoint there; pass a .pt file or a run directory")
         return path
-    candidates = (
-        [out / "checkpoints" / "last.pt"]
-        if cfg.run.dir
-        else sorted(Path("runs").glob(f"{cfg.name}-*/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime)
-    )
-    found = [p for p in candidates if p.is_file()]
-    return found[-1] if found else None
+    if cfg.run.dir:
+        path = out / "checkpoints" / "last.pt"
+        return path if path.is_file() else None
+    found = sorted(Path("runs").glob(f"{cfg.name}-*/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime)
+    differences = []
+    for path in reversed(found):
+        try:
+            saved = OmegaConf.to_container(OmegaConf.load(path.parent.parent / "config.yaml"), resolve=True)
+        except Exception:
+            differences.append((path, "its config.yaml cannot be read"))
+            continue
+        why = config_difference(saved, cfg)
+        if why is None:
+            return path
+        differences.append((path, why))
+    if differences:
+        path, why = differences[0]
+        raise UserError(
+            f"resume=auto: no earlier run of {cfg.name!r} matches this config (the newest, {path.parent.parent}, "
+            f"has {why}); set run.dir=<that run> to continue it with its own config, or resume=null"
+        )
+    return None
 
 
 # --- setup --------------------------------------------------------------------------------------
@@ -293,7 +336,23 @@ def save_checkpoint(run: Run, pos: Position) -> None:
 
 def restore(run: Run, path: Path) -> Position:
     """Load the checkpoint at `path` into `run` (and the process's RNGs); returns its position."""
-    ckpt = load_safe(path)  # on the CPU: load_state_dict moves to the device
+    try:
+        ckpt = load_safe(path)  # on the CPU: load_state_dict moves to the device
+    except UserError:
+        raise
+    except Exception as e:  # truncated, damaged, or not a torch file
+        why = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"resume={run.cfg.resume}: cannot read the checkpoint {path} ({why}); it is damaged or not a "
+            "checkpoint: pass another one, or start a new run (resume=null)"
+        ) from e
+    needed = ("model", "objective", "optimizer", "scheduler", "neg_gen", "rng", "step", "epoch", "batch_in_epoch")
+    lacking = [k for k in needed if not isinstance(ckpt, dict) or k not in ckpt]
+    if lacking:
+        raise UserError(
+            f"resume={run.cfg.resume}: {path} is not an mvcoding training checkpoint (it has no {lacking[0]!r}); "
+            "pass the checkpoints/last.pt of a run, or start a new run (resume=null)"
+        )
     trained = (ckpt.get("config") or {}).get("objective", {}).get("name")
     if trained != run.cfg.objective.name:
         raise UserError(
@@ -310,13 +369,64 @@ def restore(run: Run, path: Path) -> Position:
             f"resume={run.cfg.resume}: {path} does not fit this config ({reason}); resume with the "
             "config it was trained with or start a new run (resume=null)"
         ) from e
-    run.scheduler.load_state_dict(ckpt["scheduler"])
-    run.neg_gen.set_state(ckpt["neg_gen"])
-    set_rng_state(ckpt["rng"])
-    pos = Position(ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"])
+    try:
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        run.neg_gen.set_state(ckpt["neg_gen"])
+        set_rng_state(ckpt["rng"])
+        pos = Position(int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["batch_in_epoch"]))
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:
+        raise UserError(f"resume={run.cfg.resume}: {path} is damaged ({type(e).__name__}: {e}); start a new run") from e
     if dist.is_main():
+        drop_metrics_after(run.out / "metrics.jsonl", pos.step)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, pos.step, pos.epoch, pos.batch_in_epoch)
     return pos
+
+
+def drop_metrics_after(path: Path, step: int) -> None:
+    """Keep the lines of metrics.jsonl up to `step` (a resumed run logs the later steps again)."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    keep = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(keep) < len(lines):
+        write_text_atomic(path, "".join(f"{line}\n" for line in keep))
+
+
+class StopOnSignal:
+    """SIGTERM and SIGINT set a flag that the loop reads after each step (every rank agrees on it), so a
+    run saves its checkpoint at the current step and stops; a second signal stops at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum = 0
+        self.previous = {}
+
+    def __enter__(self) -> StopOnSignal:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self.previous[s] = signal.signal(s, self.handle)
+        return self
+
+    def handle(self, signum, frame) -> None:
+        if self.signum:  # the second one: do not wait for the step to end
+            signal.signal(signum, self.previous.get(signum, signal.SIG_DFL))
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def requested(self, device: torch.device) -> int:
+        """The signal number to stop on (0: go on), the same on every rank."""
+        if not dist.is_dist():
+            return self.signum
+        flag = torch.tensor([self.signum], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item())
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 # --- the loop -----------------------------------------------------------------------------------
@@ -326,6 +436,20 @@ def train(cfg: DictConfig) -> Path:
     """Pretrain the encoders of `cfg.views` with the configured objective; returns the run directory."""
     run, pos = setup(cfg)
     logger = MetricsLogger(run.out) if dist.is_main() else None
+    with StopOnSignal() as stop:
+        loop(run, pos, logger, stop)
+    if monitor_every(cfg) and pos.batch_in_epoch:  # stopped inside an epoch (train.max_steps): score the end
+        score_knn(run, pos, logger)
+    if logger:
+        logger.close()
+    dist.barrier()
+    dist.cleanup()
+    return run.out
+
+
+def loop(run: Run, pos: Position, logger: MetricsLogger | None, stop: StopOnSignal) -> None:
+    """Steps until run.total (pos advances in place); on SIGTERM/SIGINT, a checkpoint and Stopped."""
+    cfg = run.cfg
     b, global_b = cfg.train.batch_size, cfg.train.batch_size * dist.world_size()
     t_last, wait, n_clips = time.perf_counter(), 0.0, 0
     while pos.step < run.total:
@@ -346,19 +470,23 @@ def train(cfg: DictConfig) -> Path:
                 t_last, wait, n_clips = now, 0.0, 0
             if pos.step % cfg.train.save_every == 0 or pos.step == run.total:
                 save_checkpoint(run, pos)
+            if signum := stop.requested(run.device):
+                if pos.step % cfg.train.save_every and pos.step != run.total:
+                    save_checkpoint(run, pos)
+                if logger:
+                    logger.close()
+                name = signal.Signals(signum).name
+                raise Stopped(
+                    f"stopped by {name} at step {pos.step}: checkpoint saved to {run.out}/checkpoints/last.pt; "
+                    f"continue with the same command and resume=auto run.dir={run.out}",
+                    128 + signum,
+                )
             if pos.step >= run.total:
                 break
             t_fetch = time.perf_counter()
         if pos.step < run.total or pos.batch_in_epoch == run.steps_per_epoch:  # the epoch ran to its end
             pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
             end_of_epoch(run, pos, logger)
-    if monitor_every(cfg) and pos.batch_in_epoch:  # stopped inside an epoch (train.max_steps): score the end
-        score_knn(run, pos, logger)
-    if logger:
-        logger.close()
-    dist.barrier()
-    dist.cleanup()
-    return run.out
 
 
 def to_device(run: Run, batch: dict) -> dict:
