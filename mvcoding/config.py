@@ -52,26 +52,16 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Raise UserError for values the trainer cannot use, naming the key and the valid values."""
+    """Raise UserError for keys and values the trainer cannot use, naming the key and what is valid
+    (types and ranges: mvcoding.schema), and for combinations that cannot work."""
+    from mvcoding.schema import check
+
     unknown = sorted(set(cfg) - TOP_KEYS)
     if unknown:
         raise UserError(f"unknown config key {unknown[0]!r}; valid top-level keys: {', '.join(sorted(TOP_KEYS))}")
+    check(cfg)
     views = list(cfg.views or {})
     o = cfg.objective
-    choices = {
-        "objective.name": (o.name, ("cmc", "predictive", "supervised")),
-        "objective.graph": (o.graph, ("core", "full")),
-        "objective.negatives": (o.negatives, ("memory_bank", "in_batch")),
-        "objective.score": (o.score, ("softmax", "nce")),
-        "optim.name": (cfg.optim.name, ("sgd", "adamw")),
-        "optim.schedule": (cfg.optim.schedule, ("cosine", "step", "constant")),
-        "dataset.split": (cfg.dataset.split, (1, 2, 3)),
-    }
-    for key, (value, valid) in choices.items():
-        if value not in valid:
-            raise UserError(f"{key}={value!r} is not valid; choose one of: {', '.join(map(str, valid))}")
-    if not str(cfg.device).startswith(("auto", "cpu", "cuda")):
-        raise UserError(f"device={cfg.device!r} is not valid; choose auto, cpu, cuda or cuda:N")
     if len(views) < 2 and o.name == "cmc":
         raise UserError(f"CMC needs at least 2 views, the config has {views}; add one under views:")
     if o.graph == "core" and o.name == "cmc" and o.anchor not in views:

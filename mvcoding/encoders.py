@@ -188,7 +188,9 @@ def _small3d(*, in_channels: int, pretrained: bool, width: int | None, norm: str
     if pretrained:
         raise UserError("encoder 'small3d' has no pretrained weights; use pretrained=False")
     if width is not None and width < 1:
-        raise UserError(f"small3d width must be a positive int, got {width}")
+        raise UserError(f"width={width} is not valid for small3d: a positive integer")
+    if norm == "group" and width is not None and width % 8:
+        raise UserError(f"width={width} is not valid for small3d_gn: a multiple of 8 (GroupNorm with 8 groups)")
     return Small3d(in_channels, width=32 if width is None else width, norm=norm)
 
 

@@ -37,6 +37,14 @@ def build_views(cfg: DictConfig, names=None) -> dict[str, View]:
     return views
 
 
+def build_encoder_of(name: str, view: View) -> nn.Module:
+    """view.build_encoder(), its UserErrors prefixed with the view's key (`views.rgb.width=4 ...`)."""
+    try:
+        return view.build_encoder()
+    except UserError as e:
+        raise UserError(f"views.{name}: {e}") from e
+
+
 class MultiViewModel(nn.Module):
     """One encoder f_i and one linear projection head per view.
 
@@ -50,7 +58,7 @@ class MultiViewModel(nn.Module):
     def __init__(self, views: dict[str, View], dim: int, *, center: bool = False):
         super().__init__()
         self.center = center
-        self.encoders = nn.ModuleDict({n: v.build_encoder() for n, v in views.items()})
+        self.encoders = nn.ModuleDict({n: build_encoder_of(n, v) for n, v in views.items()})
         self.heads = nn.ModuleDict({n: nn.Linear(e.feat_dim, dim) for n, e in self.encoders.items()})
 
     def features(self, batch: dict, views: list[str] | None = None) -> dict:

@@ -14,6 +14,7 @@ entry point names a module (or callable) whose import registers its views.
 from __future__ import annotations
 
 import inspect
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -226,6 +227,40 @@ def view_settings(name: str) -> dict:
     return {k: (None if p.default is p.empty else p.default) for k, p in params.items() if k != "ctx"}
 
 
+_SIMPLE = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+           dict: "a mapping", type(None): "null"}  # fmt: skip
+
+
+def _annotation_check(factory: Callable, key: str, value) -> str | None:
+    """What the factory's annotation of `key` allows, if `value` does not fit it (None if it fits or the
+    annotation is not made of simple types: int, float, str, bool, list[...], dict[...], None)."""
+    import typing
+
+    try:
+        hint = typing.get_type_hints(factory).get(key)
+    except Exception:
+        return None
+    if hint is None:
+        return None
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    kinds = [typing.get_origin(o) or o for o in options]
+    if not all(k in _SIMPLE for k in kinds):
+        return None
+
+    def fits(k) -> bool:
+        if k is bool:
+            return isinstance(value, bool)
+        if k is int:
+            return isinstance(value, int) and not isinstance(value, bool)
+        if k is float:
+            return isinstance(value, int | float) and not isinstance(value, bool)
+        if k is list:
+            return isinstance(value, list | tuple)
+        return isinstance(value, k)
+
+    return None if any(fits(k) for k in kinds) else " or ".join(_SIMPLE[k] for k in kinds)
+
+
 def has_precompute(name: str) -> bool:
     """Whether view `name` built with its default settings declares a precompute stage (False if it
     cannot be built without settings)."""
@@ -247,6 +282,10 @@ def build_view(name: str, ctx: ViewContext, **settings) -> View:
         raise UserError(
             f"unknown setting views.{name}.{unknown[0]}; valid settings for view {name!r}: {', '.join(sorted(valid))}"
         )
+    for key, value in settings.items():
+        expected = _annotation_check(_VIEWS[name], key, value)
+        if expected:
+            raise UserError(f"views.{name}.{key}={value!r} is not valid: {expected}")
     view = _VIEWS[name](ctx=ctx, **settings)
     view.settings = valid | settings
     if view.precompute is not None:

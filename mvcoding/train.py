@@ -250,12 +250,12 @@ def setup(cfg: DictConfig) -> tuple[Run, Position]:
         out = resume_path.parent.parent
     out = Path(dist.broadcast_object(str(out)))
 
-    views = build_views(cfg)  # first: a misspelt view setting fails before any data work
+    views = build_views(cfg)  # first: a misspelt view setting or an impossible encoder fails before any data work
+    model = MultiViewModel(views, cfg.objective.dim, center=center_setting(cfg.objective)).to(device)
     index, data, sampler, loader = build_data(cfg, views, device)
     steps_per_epoch = len(data) // (cfg.train.batch_size * dist.world_size())
     total = min(cfg.train.epochs * steps_per_epoch, cfg.train.max_steps or math.inf)
 
-    model = MultiViewModel(views, cfg.objective.dim, center=center_setting(cfg.objective)).to(device)
     channels_last = cfg.train.channels_last == "auto" and device.type == "cuda" or cfg.train.channels_last is True
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)

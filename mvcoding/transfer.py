@@ -46,7 +46,7 @@ from mvcoding.data import EpochSampler, MultiViewClips, make_loader, video_lengt
 from mvcoding.datasets import DatasetIndex, load_dataset
 from mvcoding.errors import UserError
 from mvcoding.files import load_safe, save_atomic
-from mvcoding.model import build_views
+from mvcoding.model import build_encoder_of, build_views
 from mvcoding.optim import build_optimizer, lr_factor
 from mvcoding.registry import Aug, View
 from mvcoding.reports import (  # noqa: F401  (the metric functions and fuse are part of this module's API)
@@ -127,7 +127,7 @@ def resolve_checkpoint(checkpoint) -> Path:
 
 def load_encoders(views: dict[str, View], checkpoint: Path | None) -> dict[str, nn.Module]:
     """One encoder per view, with the checkpoint's "encoders.<view>.*" weights (random when None)."""
-    encoders = {n: v.build_encoder() for n, v in views.items()}
+    encoders = {n: build_encoder_of(n, v) for n, v in views.items()}
     if checkpoint is None:
         return encoders
     try:

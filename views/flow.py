@@ -208,12 +208,9 @@ def flow(
     +-bound pixels, fed to the encoder as flow / bound; offset: frames to shift this view's window by."""
     size = size or ctx.size
     resolved = resolve_params(algorithm, params)  # with the runtime ones (batch, device)
-    try:
-        bound = float(bound)
-    except (TypeError, ValueError):
-        bound = -1.0
     if not bound > 0:
-        raise UserError(f"views.flow.bound={bound} is not valid; use a positive number of pixels (default 20)")
+        raise UserError(f"views.flow.bound={bound} is not valid: a positive number of pixels (default 20)")
+    bound = float(bound)
     stage = Precompute(
         compute=partial(cache_entry, algorithm=algorithm, params=resolved, bound=bound),
         settings={

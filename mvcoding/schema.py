@@ -1,0 +1,195 @@
+"""The configuration's types and ranges, in one place, checked before any work is done.
+
+Defaults live in configs/base.yaml (and the dataset/eval groups); this module says what each key may
+hold. `check(cfg)` walks SCHEMA and raises UserError naming the first bad key, its value and what is
+valid: `train.batch_size='abc' is not valid: an integer >= 1`. The choices of the objective and the
+optimiser come from mvcoding.objectives and mvcoding.optim, so they are written once. `views` stays
+open: a view's factory checks its own settings (mvcoding.registry.build_view, against the factory's
+signature and annotations).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from mvcoding.errors import UserError
+from mvcoding.objectives import GRAPHS, NEGATIVES, OBJECTIVES, SCORES
+from mvcoding.optim import OPTIMIZERS, SCHEDULES
+
+
+@dataclass(frozen=True)
+class Rule:
+    """ok(value) -> bool, and `valid`, the phrase saying what is valid."""
+
+    ok: Callable[[object], bool]
+    valid: str
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def integer(lo: int | None = None, hi: int | None = None, *, null: bool = False) -> Rule:
+    rng = f" in [{lo}, {hi}]" if lo is not None and hi is not None else f" >= {lo}" if lo is not None else ""
+    return Rule(
+        lambda v: (null and v is None) or (_int(v) and (lo is None or v >= lo) and (hi is None or v <= hi)),
+        f"an integer{rng}" + (" or null" if null else ""),
+    )
+
+
+def number(lo: float | None = None, hi: float | None = None, *, lo_open=False, hi_open=False, null=False) -> Rule:
+    def ok(v) -> bool:
+        if null and v is None:
+            return True
+        if not _num(v) or v != v:  # NaN
+            return False
+        above = lo is None or (v > lo if lo_open else v >= lo)
+        below = hi is None or (v < hi if hi_open else v <= hi)
+        return above and below
+
+    left = "(" if lo_open else "["
+    right = ")" if hi_open else "]"
+    if lo is not None and hi is not None:
+        rng = f" in {left}{lo}, {hi}{right}"
+    elif lo is not None:
+        rng = f" {'>' if lo_open else '>='} {lo}"
+    else:
+        rng = ""
+    return Rule(ok, f"a number{rng}" + (" or null" if null else ""))
+
+
+def choice(*values) -> Rule:
+    return Rule(
+        lambda v: v in values and type(v) in {type(x) for x in values}, "one of: " + ", ".join(map(str, values))
+    )
+
+
+BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
+AUTO_BOOL = Rule(lambda v: v == "auto" or isinstance(v, bool), "auto, true or false")
+TEXT = Rule(lambda v: isinstance(v, str) and v != "", "a non-empty string")
+OPT_TEXT = Rule(lambda v: v is None or (isinstance(v, str) and v != ""), "a non-empty string or null")
+DEVICE = Rule(lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
+              "auto, cpu, cuda or cuda:N")  # fmt: skip
+SHARD = Rule(lambda v: isinstance(v, str) and re.fullmatch(r"\d+/\d+", v) is not None
+             and int(v.split("/")[0]) < int(v.split("/")[1]), "i/n with 0 <= i < n, e.g. 0/4")  # fmt: skip
+FRACTIONS = Rule(lambda v: isinstance(v, list) and all(_num(x) and 0 < x < 1 for x in v) and v == sorted(v),
+                 "a sorted list of fractions in (0, 1)")  # fmt: skip
+SCALE = Rule(lambda v: isinstance(v, list) and len(v) == 2 and all(_num(x) for x in v) and 0 < v[0] <= v[1] <= 1,
+             "[lo, hi] with 0 < lo <= hi <= 1")  # fmt: skip
+NAMES = Rule(lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(x, str) for x in v),
+             "a non-empty list of view names")  # fmt: skip
+KS = Rule(lambda v: isinstance(v, list) and len(v) > 0 and all(_int(x) and x >= 1 for x in v),
+          "a non-empty list of integers >= 1")  # fmt: skip
+PREDICT = Rule(lambda v: v is None or (isinstance(v, dict) and set(v) <= {"source", "target", "loss"}),
+               "null or {source: VIEW, target: VIEW, loss: l1|l2}")  # fmt: skip
+
+SCHEMA: dict[str, Rule] = {
+    "name": TEXT,
+    "seed": integer(0),
+    "device": DEVICE,
+    "resume": OPT_TEXT,
+    "checkpoint": OPT_TEXT,
+    "run.dir": OPT_TEXT,
+    "cache.dir": TEXT,
+    "data.frames": integer(1),
+    "data.stride": integer(1),
+    "data.size": integer(8),
+    "data.scale": SCALE,
+    "data.flip": BOOL,
+    "data.shared_crop": BOOL,
+    "data.workers": integer(0),
+    "data.prefetch": integer(1),
+    "data.pin_memory": AUTO_BOOL,
+    "train.batch_size": integer(1),
+    "train.epochs": integer(1),
+    "train.max_steps": integer(1, null=True),
+    "train.log_every": integer(1),
+    "train.save_every": integer(1),
+    "train.amp": choice("auto", "bf16", "off"),
+    "train.compile": BOOL,
+    "train.channels_last": AUTO_BOOL,
+    "train.clip_grad": number(0, lo_open=True, null=True),
+    "train.monitor_every": integer(0),
+    "objective.name": choice(*OBJECTIVES),
+    "objective.graph": choice(*GRAPHS),
+    "objective.anchor": TEXT,
+    "objective.negatives": choice(*NEGATIVES),
+    "objective.score": choice(*SCORES),
+    "objective.K": integer(1),
+    "objective.tau": number(0, lo_open=True),
+    "objective.momentum": number(0, 1),
+    "objective.center": AUTO_BOOL,
+    "objective.dim": integer(1),
+    "objective.z_momentum": number(0, 1),
+    "objective.predict": PREDICT,
+    "optim.name": choice(*OPTIMIZERS),
+    "optim.lr": number(0, lo_open=True),
+    "optim.momentum": number(0, 1, hi_open=True),
+    "optim.weight_decay": number(0),
+    "optim.schedule": choice(*SCHEDULES),
+    "optim.warmup_steps": integer(0),
+    "optim.milestones": FRACTIONS,
+    "optim.gamma": number(0, 1, lo_open=True),
+    "precompute.workers": integer(0),
+    "precompute.shard": SHARD,
+    "precompute.videos_per_part": integer(1),
+    "precompute.verify": BOOL,
+    "dataset.name": TEXT,
+    "dataset.root": TEXT,
+    "dataset.split": integer(1, 3),
+    "eval.views": NAMES,
+    "eval.clips": integer(1),
+    "eval.crops": choice(1, 3),
+    "eval.train_clips": integer(1),
+    "eval.batch_size": integer(1),
+    "eval.random_init": BOOL,
+    "eval.linear.epochs": integer(1),
+    "eval.linear.lr": number(0, lo_open=True),
+    "eval.linear.weight_decay": number(0),
+    "eval.linear.batch_size": integer(1, null=True),
+    "eval.linear.optimizer": choice("sgd", "adam"),
+    "eval.finetune.epochs": integer(1),
+    "eval.finetune.lr": number(0, lo_open=True),
+    "eval.finetune.backbone_lr_mult": number(0),
+    "eval.finetune.dropout": number(0, 1, hi_open=True),
+    "eval.finetune.batch_size": integer(1),
+    "eval.finetune.optimizer": choice("sgd", "adamw"),
+    "eval.finetune.weight_decay": number(0),
+    "eval.retrieval.ks": KS,
+}
+
+
+def _get(cfg: DictConfig, key: str):
+    """(present, value as plain data) of a dotted key."""
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return False, None
+        node = node[part]
+    if isinstance(node, DictConfig | ListConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    return True, node
+
+
+def check(cfg: DictConfig) -> None:
+    """UserError naming the first key whose value breaks SCHEMA (keys a config leaves out are not checked)."""
+    for key, rule in SCHEMA.items():
+        present, value = _get(cfg, key)
+        if present and not rule.ok(value):
+            raise UserError(f"{key}={value!r} is not valid: {rule.valid}")
+    views = cfg.get("views")
+    if views is not None:
+        for name in views:
+            settings = views[name]
+            if settings is not None and not isinstance(settings, DictConfig):
+                raise UserError(
+                    f"views.{name}={settings!r} is not valid: a mapping of settings ({{}} for the defaults)"
+                )
