@@ -83,6 +83,9 @@ def _read_split(path: Path) -> list[tuple[str, int]]:
         parts = line.rsplit(None, 1)
         if len(parts) != 2 or not parts[0].lower().endswith(".avi"):
             raise bad_line(path, lineno, line, "not `<video>.avi <tag>`", expected)
+        if "/" in parts[0] or "\\" in parts[0]:  # e.g. ../other_class/v.avi
+            problem = "a path, not the name of a video in this class's folder"
+            raise bad_line(path, lineno, line, problem, expected)
         if parts[1] not in ("0", "1", "2"):
             raise bad_line(path, lineno, line, f"tag {parts[1]} is not 0, 1 or 2", expected)
         name, tag = parts[0], int(parts[1])

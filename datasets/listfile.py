@@ -9,7 +9,18 @@
 
 Lines are `path label`: path relative to dataset.root or absolute (it may hold spaces: the label is
 the last field), label a 0-based int. Without a classes file the classes are "0" .. "max label".
-Blank lines and lines starting with `#` are skipped.
+Blank lines and lines starting with `#` are skipped. A relative path that leaves dataset.root
+through `..` is indexed like an absolute one, with a warning naming the line (an absolute path says
+so on purpose; a `..` is more often a root set one folder too deep).
+
+A video's id is its path relative to dataset.root without the extension (`a/v0.avi` -> `a/v0`), as
+for UCF101 and HMDB51. Two different files that would get the same id (`a/v0.avi` and `a/v0.mp4`)
+both keep their extension in it (`a/v0.avi`, `a/v0.mp4`), with a warning: they are two videos,
+and neither is dropped. Ids are the keys of the caches, so ids that stay the same for every other
+file beat a rule that puts extensions on every id; adding such a twin to the lists renames the
+first file's id (its cache entries are then filled again). Ids that collide even with their
+extensions (a file outside the root whose absolute path reads like a relative one) are an error
+naming both lines. (Such twins share one sidecar .wav, `a/v0.wav`, for the audio view.)
 
 This module also holds the helpers the UCF101 and HMDB51 readers share: the root and split checks,
 line reading with `file:line` errors, the folder scan, and the missing / unlisted video reports.
@@ -186,10 +197,21 @@ def _read_classes(path: Path) -> list[str]:
     return classes
 
 
+def _leaves_root(path_text: str, root: Path) -> bool:
+    """Whether a relative list-file path resolves outside `root` through `..` (lexically; absolute paths
+    and `~` are not relative)."""
+    path = Path(os.path.expanduser(path_text))
+    if path.is_absolute():
+        return False
+    inside = os.path.normpath(root / path)
+    return os.path.commonpath([inside, os.path.normpath(root)]) != os.path.normpath(root)
+
+
 def _read_list(path: Path, root: Path, key: str) -> list[tuple[Path, int, int, str]]:
     """(video path, label, line number, line text) for each entry of one list file."""
     fix = f"set dataset.{key} to a file with one `path label` per line"
     entries = []
+    leaving: list[tuple[int, str]] = []
     for lineno, line in read_lines(path, what=f"list file (dataset.{key})", fix=fix):
         if line.startswith("#"):
             continue
@@ -202,8 +224,53 @@ def _read_list(path: Path, root: Path, key: str) -> list[tuple[Path, int, int, s
             raise bad_line(path, lineno, line, "label is not an int", "`path label` with a 0-based int label") from None
         if label < 0:
             raise bad_line(path, lineno, line, "negative label", "a 0-based label")
+        if _leaves_root(parts[0], root):
+            leaving.append((lineno, parts[0]))
         entries.append((_resolve(parts[0], root), label, lineno, line))
+    if leaving:
+        (lineno, text), more = leaving[0], len(leaving) - 1
+        log.warning(
+            "%s:%d: path %r leaves dataset.root=%s through '..'%s; such videos are indexed by their absolute "
+            "path: check dataset.root, or write the path relative to it (or absolute, which is not warned about)",
+            path,
+            lineno,
+            text,
+            root,
+            f" (and {more} more line{'s' if more > 1 else ''} of this file)" if more else "",
+        )
     return entries
+
+
+def _video_ids(entries: dict[str, list], lists: dict[str, Path], root: Path) -> dict[str, str]:
+    """{absolute path: video id} of every listed file: video_id(), or the path relative to the root
+    with its extension where two files would share an id (see the module docstring)."""
+    first: dict[str, tuple[str, str, int, str]] = {}  # absolute path -> (id, list key, line, text)
+    for key, rows in entries.items():
+        for path, _, lineno, line in rows:
+            first.setdefault(os.path.abspath(path), (video_id(path, root), key, lineno, line))
+    by_id: dict[str, list[str]] = {}
+    for path, (vid, *_) in first.items():
+        by_id.setdefault(vid, []).append(path)
+    ids = {path: vid for path, (vid, *_) in first.items()}
+    twins = [paths for paths in by_id.values() if len(paths) > 1]
+    for paths in twins:
+        for path in paths:
+            ids[path] = video_id(Path(path), root) + Path(path).suffix
+    seen: dict[str, str] = {}
+    for path in first:
+        other = seen.setdefault(ids[path], path)
+        if other != path:
+            (_, k1, n1, l1), (_, k2, n2, _) = first[other], first[path]
+            problem = f"video id {ids[path]} is also the id of {lists[k2]}:{n2} ({first[path][3]!r})"
+            raise bad_line(lists[k1], n1, l1, problem, "paths that stay distinct without their extension")
+    if twins:
+        log.warning(
+            "%d listed files share their path without the extension with another one; their video ids keep the "
+            "extension so that each is a video of its own (e.g. %s)",
+            sum(map(len, twins)),
+            ", ".join(ids[p] for p in twins[0]),
+        )
+    return ids
 
 
 def load(cfg: Mapping) -> DatasetIndex:
@@ -225,16 +292,18 @@ def load(cfg: Mapping) -> DatasetIndex:
 
     subsets: dict[str, list[VideoRecord]] = {}
     missing: list[str] = []
+    present = {key: [row for row in rows if row[0].is_file()] for key, rows in entries.items()}
+    ids = _video_ids(present, lists, root)
     for key, rows in entries.items():
         records: dict[str, VideoRecord] = {}
         for path, label, lineno, line in rows:
             if label >= len(classes):
                 problem = f"label {label} but the classes file {classes_file} has {len(classes)} classes"
                 raise bad_line(lists[key], lineno, line, problem, f"a label in 0..{len(classes) - 1}")
-            if not path.is_file():
+            vid = ids.get(os.path.abspath(path))
+            if vid is None:  # not a file
                 missing.append(str(path))
                 continue
-            vid = video_id(path, root)
             if vid in records and records[vid].label != label:
                 problem = f"label {label} but an earlier line gives this video label {records[vid].label}"
                 raise bad_line(lists[key], lineno, line, problem, "one label per video")

@@ -74,6 +74,16 @@ def read_class_index(path) -> list[str]:
     return classes
 
 
+def escapes_folder(rel: str) -> str | None:
+    """Why a split file's path (POSIX separators) would leave the folder it is relative to: "absolute" or
+    "through '..'"; None when it stays inside."""
+    if rel.startswith("/") or re.match(r"[A-Za-z]:", rel):
+        return "absolute"
+    if ".." in rel.split("/"):
+        return "through '..'"
+    return None
+
+
 def _read_split(path, class_of: dict[str, int], *, train: bool) -> list[tuple[str, int]]:
     """(`<class>/<file>` as written, 0-based label) per line of a trainlist or testlist file."""
     fix = f"unzip {SPLITS_ARCHIVE} (from {PAGE}) into dataset.root"
@@ -82,8 +92,13 @@ def _read_split(path, class_of: dict[str, int], *, train: bool) -> list[tuple[st
     for lineno, line in read_lines(path, what="split file", fix=fix):
         parts = line.split()
         rel = parts[0].replace("\\", "/")
-        if len(parts) > 2 or (train and len(parts) != 2) or rel.count("/") != 1:
+        leaves = escapes_folder(rel)
+        if leaves:
+            raise bad_line(path, lineno, line, f"path leaves {VIDEO_DIR}/ ({leaves})", expected)
+        if len(parts) > 2 or (train and len(parts) != 2):
             raise bad_line(path, lineno, line, "wrong number of fields", expected)
+        if rel.count("/") != 1:
+            raise bad_line(path, lineno, line, "not a `Class/file` path", expected)
         folder = rel.split("/")[0]
         label = class_of.get(folder.lower())
         if label is None:

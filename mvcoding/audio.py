@@ -11,12 +11,17 @@ a float .wav) is decoded whole by decord's AudioReader, mixed to mono, and resam
 (libswresample): the length is exact and nothing drifts, but decord leaves the resampler's delay
 in (about 1-2 ms, a fraction of the 10 ms hop) because it cannot report the native rate that
 resampling here would need. At the native rate decord's samples are exact.
+
+Whether a video has audio at all (`has_audio`, for the view's check before a run) is read from the
+container's stream headers for AVI and MP4/MOV, without decoding; other containers ask decord.
 """
 
 from __future__ import annotations
 
 import math
+import struct
 import wave as stdlib_wave
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -31,7 +36,10 @@ AMIN_DB = -100.0  # the dB floor (power 1e-10): digital silence
 
 
 class NoAudioError(UserError):
-    """The clip's video has no audio where `source` looks for it (the view may substitute silence)."""
+    """The clip's video has no audio where `source` looks for it (the view may substitute silence).
+
+    The audio view's decode raises it on as a plain UserError, so a worker's traceback ends in
+    `mvcoding.errors.UserError: <message>`, the line the CLI prints."""
 
 
 def sidecar_wav(path: str | Path) -> Path:
@@ -74,12 +82,13 @@ def _window(x: np.ndarray, start: int, n: int) -> np.ndarray:
     return out
 
 
-def _decode_whole(path: Path, sample_rate: int, *, what: str, source: str = "wav") -> np.ndarray:
-    """The whole audio track of `path`, mono at `sample_rate`, decoded by decord: (samples,) float32."""
+def _audio_reader(path: Path, sample_rate: int, *, what: str, source: str = "wav"):
+    """decord's AudioReader of `path` (which decodes the whole track), or NoAudioError when the file
+    has no audio stream (decord finds that out before decoding anything), or UserError."""
     import decord
 
     try:
-        reader = decord.AudioReader(str(path), sample_rate=sample_rate, mono=True)
+        return decord.AudioReader(str(path), sample_rate=sample_rate, mono=True)
     except Exception as e:  # decord raises DECORDError with a C++ location prefix
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "find audio stream" in msg:
@@ -92,8 +101,121 @@ def _decode_whole(path: Path, sample_rate: int, *, what: str, source: str = "wav
                 f"video {path} has no audio stream and no sidecar .wav; set views.audio.missing=silence to use silence"
             ) from None
         raise UserError(f"cannot decode the audio of {what}: {msg.split('] ')[-1][:200]}; check the file") from e
+
+
+def _decode_whole(path: Path, sample_rate: int, *, what: str, source: str = "wav") -> np.ndarray:
+    """The whole audio track of `path`, mono at `sample_rate`, decoded by decord: (samples,) float32."""
+    reader = _audio_reader(path, sample_rate, what=what, source=source)
     reader.add_padding()  # a stream that starts late is padded to start at time 0, as the frames do
     return reader._array.mean(axis=0)  # (1, samples) when mono; no public accessor for the whole array
+
+
+# ----------------------------------------------------------------------------- is there audio at all
+HEADER_LIMIT = 64 << 20  # bytes of stream headers read at most (an AVI hdrl, an MP4 moov)
+
+
+def has_audio(path: str | Path, source: str = "auto") -> bool:
+    """Whether `read_audio(path, ..., source=source)` finds audio, without decoding it where possible.
+
+    wav: the sidecar .wav exists; auto: it exists or the video has an audio stream; video: the video
+    has an audio stream. A stream is looked up in the container's headers (AVI, MP4/MOV); for other
+    containers, or headers this reader does not follow, decord opens the file (it fails fast on a file
+    without audio, and decodes the whole track of one with audio). UserError when decord cannot read it.
+    """
+    if source not in SOURCES:
+        raise UserError(f"audio source must be one of {', '.join(SOURCES)}; got {source!r}")
+    if source != "video" and sidecar_wav(path).is_file():
+        return True
+    if source == "wav":
+        return False
+    found = audio_in_header(path)
+    if found is not None:
+        return found
+    try:
+        _audio_reader(Path(path), -1, what=f"video {path}", source="video")
+    except NoAudioError:
+        return False
+    return True
+
+
+def audio_in_header(path: str | Path) -> bool | None:
+    """Whether the stream headers of an AVI or MP4/MOV file list an audio stream; None when the file is
+    neither or its headers cannot be followed (then only decoding can tell)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+                return _avi_has_audio(f)
+            if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot"):
+                f.seek(0)
+                return _mp4_has_audio(f)
+    except (OSError, struct.error):
+        return None
+    return None
+
+
+def _avi_has_audio(f) -> bool | None:
+    """AVI: the `hdrl` list, which the format puts first, holds one `strl` list per stream whose `strh`
+    chunk starts with the stream type (`auds` for audio)."""
+    ck, size, kind = struct.unpack("<4sI4s", f.read(12))
+    if ck != b"LIST" or kind != b"hdrl" or size > HEADER_LIMIT:
+        return None
+    types = list(_riff_stream_types(f.read(size - 4)))
+    return b"auds" in types if types else None
+
+
+def _riff_stream_types(data: bytes) -> Iterator[bytes]:
+    """The fccType of every `strh` chunk in RIFF chunks `data`, through nested LISTs."""
+    i = 0
+    while i + 8 <= len(data):
+        ck, size = struct.unpack_from("<4sI", data, i)
+        body = data[i + 8 : i + 8 + size]
+        if ck == b"LIST":
+            yield from _riff_stream_types(body[4:])
+        elif ck == b"strh" and len(body) >= 4:
+            yield body[:4]
+        i += 8 + size + (size & 1)
+
+
+def _mp4_has_audio(f) -> bool | None:
+    """MP4/MOV: the `moov` box (at the start or the end; `mdat` is skipped by its size) holds one `trak`
+    per stream whose `mdia/hdlr` box names the handler (`soun` for audio)."""
+    while True:
+        header = f.read(8)
+        if len(header) < 8:
+            return None  # no moov
+        size, kind = struct.unpack(">I4s", header)
+        start = 8
+        if size == 1:
+            size, start = struct.unpack(">Q", f.read(8))[0], 16
+        if kind == b"moov":
+            if size == 0 or size > HEADER_LIMIT:
+                return None
+            handlers = list(_mp4_handlers(f.read(size - start)))
+            return b"soun" in handlers if handlers else None
+        if size == 0 or size < start:  # the box runs to the end of the file, or a broken size
+            return None
+        f.seek(size - start, 1)
+
+
+def _mp4_handlers(data: bytes) -> Iterator[bytes]:
+    """The handler type of every trak/mdia/hdlr in the boxes of `data` (a moov's body)."""
+    i = 0
+    while i + 8 <= len(data):
+        size, kind = struct.unpack_from(">I4s", data, i)
+        start = 8
+        if size == 1:
+            size, start = struct.unpack_from(">Q", data, i + 8)[0], 16
+        elif size == 0:
+            size = len(data) - i
+        if size < start:
+            return
+        body = data[i + start : i + size]
+        if kind in (b"trak", b"mdia"):
+            yield from _mp4_handlers(body)
+        elif kind == b"hdlr" and len(body) >= 12:
+            yield body[8:12]  # version and flags (4), pre_defined / component type (4), handler type (4)
+        i += size
 
 
 def _read_pcm_wav(path: Path, start: int, n: int, sample_rate: int) -> np.ndarray | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -171,9 +172,19 @@ class EpochSampler(Sampler):
         return len(self.order()) - self.skip
 
 
+START_METHODS = ("fork", "spawn", "forkserver")
+
+
 def make_loader(dataset: Dataset, sampler: Sampler, *, batch_size: int, workers: int, prefetch: int,
-                pin_memory: bool, drop_last: bool) -> DataLoader:  # fmt: skip
-    """A DataLoader over `sampler`; each worker opens its own video/HDF5 handles lazily."""
+                pin_memory: bool, drop_last: bool, start_method: str | None = None) -> DataLoader:  # fmt: skip
+    """A DataLoader over `sampler`; each worker opens its own video/HDF5 handles lazily.
+
+    start_method: how worker processes start (fork, spawn or forkserver; None: the platform's default,
+    fork on Linux). Under spawn and forkserver a worker gets the dataset pickled, views included, and
+    imports the modules it needs afresh."""
+    if start_method is not None and start_method not in START_METHODS:
+        raise UserError(f"data.start_method={start_method!r} is not valid; choose one of: {', '.join(START_METHODS)}")
+    context = multiprocessing.get_context(start_method) if start_method and workers > 0 else None
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -183,4 +194,5 @@ def make_loader(dataset: Dataset, sampler: Sampler, *, batch_size: int, workers:
         pin_memory=pin_memory,
         drop_last=drop_last,
         persistent_workers=False,
+        multiprocessing_context=context,
     )

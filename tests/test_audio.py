@@ -7,6 +7,7 @@ import shutil
 import struct
 import subprocess
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -277,3 +278,128 @@ def test_reads_audio_muxed_by_ffmpeg(tmp_path):
     subprocess.run([*cmd, "-c:v", "copy", "-c:a", "pcm_s16le", str(out)], check=True)
     a = read_audio(out, 0.4, 1.04, sr, source="video")
     np.testing.assert_allclose(a.numpy(), np.round(x[6400:16640] * 32767) / 32768, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- is there audio, before a run
+def write_cv2_video(path, fourcc: str, t: int = 10) -> None:
+    """A video without audio in the container OpenCV picks from the suffix (mp4v -> MP4, MJPG -> MKV)."""
+    import cv2
+
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), FPS, (32, 32))
+    if not w.isOpened():
+        pytest.skip(f"OpenCV cannot write {path.suffix} here")
+    for i in range(t):
+        w.write(np.full((32, 32, 3), 10 * i, np.uint8))
+    w.release()
+
+
+def box(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I4s", 8 + len(body), kind) + body
+
+
+def mp4_headers(*handlers: bytes, moov_last: bool = True) -> bytes:
+    """An ISO BMFF file of boxes only: ftyp, mdat and a moov with one trak per handler (`vide`, `soun`)."""
+    hdlr = [box(b"hdlr", b"\0" * 8 + h + b"\0" * 12) for h in handlers]
+    moov = box(b"moov", box(b"mvhd", b"\0" * 100) + b"".join(box(b"trak", box(b"mdia", h)) for h in hdlr))
+    mdat = box(b"mdat", b"\0" * 5000)
+    return box(b"ftyp", b"isom\0\0\0\0isom") + (mdat + moov if moov_last else moov + mdat)
+
+
+def test_has_audio_reads_the_containers_stream_headers(tmp_path, monkeypatch):
+    from mvcoding import audio as audio_module
+    from mvcoding.audio import audio_in_header, has_audio
+
+    sr = 16000
+    write_video(tmp_path / "mute.avi", frames(10), FPS)
+    pcm = np.round(np.random.default_rng(4).uniform(-0.5, 0.5, sr) * 32767).astype(np.int16)
+    write_avi_with_audio(tmp_path / "av.avi", frames(25), FPS, pcm, sr)
+    write_cv2_video(tmp_path / "mute.mp4", "mp4v")  # OpenCV writes the moov after the mdat
+    write_cv2_video(tmp_path / "mute.mkv", "MJPG")
+    (tmp_path / "sound_last.mp4").write_bytes(mp4_headers(b"vide", b"soun"))
+    (tmp_path / "sound_first.mp4").write_bytes(mp4_headers(b"soun", b"vide", moov_last=False))
+    (tmp_path / "picture.mp4").write_bytes(mp4_headers(b"vide"))
+    expect = {"mute.avi": False, "av.avi": True, "mute.mp4": False, "sound_last.mp4": True}
+    expect |= {"sound_first.mp4": True, "picture.mp4": False, "mute.mkv": None}
+    assert {name: audio_in_header(tmp_path / name) for name in expect} == expect
+    # decord agrees where it can read the file; a container without parsed headers (mkv) is asked of decord
+    for name in ("mute.avi", "av.avi", "mute.mp4", "mute.mkv"):
+        assert has_audio(tmp_path / name, "video") is bool(expect[name]), name
+
+    # a stream found in the headers is not decoded; headers that cannot tell fall back to decord
+    calls = []
+    real_reader = audio_module._audio_reader
+    monkeypatch.setattr(audio_module, "_audio_reader", lambda *a, **k: calls.append(a) or real_reader(*a, **k))
+    assert has_audio(tmp_path / "av.avi", "video") and not calls
+    monkeypatch.setattr(audio_module, "audio_in_header", lambda path: None)
+    assert has_audio(tmp_path / "av.avi", "video") and len(calls) == 1
+    assert not has_audio(tmp_path / "mute.avi", "video") and len(calls) == 2
+
+    # the sidecar .wav: auto and wav take it, video does not look at it
+    write_wav(tmp_path / "mute.wav", np.zeros(800), 8000)
+    assert has_audio(tmp_path / "mute.avi", "auto") and has_audio(tmp_path / "mute.avi", "wav")
+    assert not has_audio(tmp_path / "mute.avi", "video") and not has_audio(tmp_path / "av.avi", "wav")
+
+
+def test_check_names_the_videos_without_audio(tmp_path, monkeypatch):
+    from mvcoding import audio as audio_module
+    from mvcoding.datasets import VideoRecord
+
+    sr = 16000
+    pcm = np.round(np.random.default_rng(5).uniform(-0.5, 0.5, sr) * 32767).astype(np.int16)
+    write_avi_with_audio(tmp_path / "stream.avi", frames(25), FPS, pcm, sr)
+    write_video(tmp_path / "sidecar.avi", frames(25), FPS)
+    write_wav(tmp_path / "sidecar.wav", pcm / 32767, sr)
+    write_video(tmp_path / "mute.avi", frames(25), FPS)
+    records = [VideoRecord(name, str(tmp_path / f"{name}.avi"), 0) for name in ("stream", "sidecar", "mute")]
+
+    def one_line_error(view, fragments):
+        with pytest.raises(UserError) as info:
+            view.check(records)
+        msg = str(info.value)
+        assert "\n" not in msg and all(f in msg for f in fragments), msg
+
+    fix = "views.audio.missing=silence"
+    one_line_error(
+        build_view("audio", CTX), ["1 of 3 videos have no audio stream and no sidecar .wav", "mute.avi", fix]
+    )
+    one_line_error(build_view("audio", CTX, source="wav"), ["2 of 3 videos have no sidecar .wav", "stream.wav", fix])
+    one_line_error(build_view("audio", CTX, source="video"), ["2 of 3 videos have no audio stream", "sidecar.avi"])
+    assert build_view("audio", CTX, missing="silence").check is None  # silence stands in: nothing to check
+    # the probe decodes nothing: a stream is seen in the headers, a sidecar by its name
+    monkeypatch.setattr(audio_module, "_audio_reader", lambda *a, **k: pytest.fail("check decoded audio"))
+    build_view("audio", CTX).check(records[:2])
+
+
+def test_a_run_without_audio_stops_before_training(synthetic_root, tmp_path):
+    """The synthetic videos carry their audio in sidecars only: with source=video every one lacks it."""
+    from conftest import SYNTHETIC, tiny
+    from mvcoding.config import load_config
+    from mvcoding.train import train
+
+    over = {"views.audio.source": "video", "run.dir": tmp_path / "run", "train.max_steps": 2}
+    cfg = load_config(SYNTHETIC, tiny(synthetic_root, **over))
+    with pytest.raises(UserError, match=r"^views\.audio: (\d+) of \1 videos have no audio stream \(e\.g\. .*\.avi\)"):
+        train(cfg)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_no_audio_found_in_a_worker_is_one_line_on_the_command_line(synthetic_root, tmp_path, monkeypatch, capsys):
+    """Videos that lose their sidecar after the check: the DataLoader worker's error reaches the user as
+    the message alone, without the worker's traceback or the exception's class."""
+    from conftest import SYNTHETIC, tiny
+    from mvcoding.cli import main
+    from mvcoding.config import load_config
+    from mvcoding.datasets import load_dataset
+
+    root = tmp_path / "copy"
+    shutil.copytree(synthetic_root, root, ignore=shutil.ignore_patterns("cache"))
+    over = {"run.dir": tmp_path / "run", "train.max_steps": 2, "data.workers": 1, "views.audio.n_mels": 16}
+    args = [*tiny(root, **over), "~views.flow"]  # rgb and audio
+    records = load_dataset(load_config(SYNTHETIC, args).dataset).records("train")
+    for r in records[1:]:  # item 0 is decoded in the main process (the model's sample item)
+        Path(r.path).with_suffix(".wav").unlink()
+    monkeypatch.setattr(mvcoding.views.audio, "has_audio", lambda path, source: True)  # the check passes
+    assert main(["train", SYNTHETIC, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: video ") and err.count("\n") == 1, err
+    assert err.endswith(" has no audio stream and no sidecar .wav; set views.audio.missing=silence to use silence\n")

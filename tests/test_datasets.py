@@ -252,6 +252,26 @@ UCF_ERRORS = {
         {},
         ["1 video(s) are both train and test", "v_ApplyEyeMakeup_g03_c01"],
     ),
+    "train path leaving the tree": (
+        lambda r: _edit(r / "ucfTrainTestlist/trainlist01.txt", "ApplyEyeMakeup/v_", "../UCF-101/ApplyEyeMakeup/v_"),
+        {},
+        ["trainlist01.txt:1:", "path leaves UCF-101/ (through '..')", "../UCF-101/ApplyEyeMakeup/v_ApplyEyeMakeup_g"],
+    ),
+    "test path leaving the tree as Class/..": (
+        lambda r: _edit(r / "ucfTrainTestlist/testlist01.txt", "ApplyEyeMakeup/v_", "../v_"),
+        {},
+        ["testlist01.txt:1:", "path leaves UCF-101/ (through '..')"],
+    ),
+    "absolute test path": (
+        lambda r: _edit(r / "ucfTrainTestlist/testlist01.txt", "ApplyEyeMakeup/v_", f"{r}/UCF-101/ApplyEyeMakeup/v_"),
+        {},
+        ["testlist01.txt:1:", "path leaves UCF-101/ (absolute)"],
+    ),
+    "test path one folder too deep": (
+        lambda r: _edit(r / "ucfTrainTestlist/testlist01.txt", "ApplyEyeMakeup/v_", "ApplyEyeMakeup/sub/v_"),
+        {},
+        ["testlist01.txt:1:", "not a `Class/file` path"],
+    ),
 }
 
 
@@ -403,6 +423,10 @@ HMDB_ERRORS = {
         lambda r: (_rm(r / "splits/cartwheel_test_split1.txt"), (r / "splits/cartwheel_test_split1.txt").mkdir()),
         ["cartwheel_test_split1.txt is not a file"],
     ),
+    "path leaving the class folder": (
+        lambda r: _edit(r / "splits/brush_hair_test_split1.txt", "Clip00_", "../cartwheel/Clip00_"),
+        ["brush_hair_test_split1.txt:1:", "a path, not the name of a video in this class's folder"],
+    ),
 }
 
 
@@ -531,3 +555,56 @@ def test_listfile_list_paths_may_be_absolute_or_relative_to_the_working_director
     index = listfile.load(cfg)
     assert len(index.train) == 3 and [r.video_id for r in index.test] == ["b/three", "b/four"]
     assert index.extra["test_list"] == str(tmp_path / "lists" / "test1.txt")
+
+
+def _append(path: Path, text: str) -> None:
+    path.write_text(path.read_text() + text)
+
+
+def test_listfile_files_differing_only_in_extension_are_two_videos(list_root, caplog):
+    for rel in ("a/one.mp4", "b/three.mkv"):
+        (list_root / rel).touch()
+    _append(list_root / "train1.txt", "a/one.mp4 1\n")
+    _append(list_root / "test1.txt", "b/three.mkv 1\n")
+    with caplog.at_level(logging.WARNING):
+        index = listfile.load(list_cfg(list_root))
+    assert [(r.video_id, r.path, r.label) for r in index.train[:2] + index.train[3:]] == [
+        ("a/one.avi", str(list_root / "a/one.avi"), 0),
+        ("a/two words", str(list_root / "a/two words.mp4"), 0),  # no twin: the id has no extension
+        ("a/one.mp4", str(list_root / "a/one.mp4"), 1),
+    ]
+    assert [r.video_id for r in index.test] == ["b/three.avi", "b/four", "b/three.mkv"]
+    assert "4 listed files share their path without the extension" in caplog.text
+    assert "a/one.avi, a/one.mp4" in caplog.text
+    # the same file named twice (another spelling of its path) stays one video
+    _append(list_root / "train1.txt", "a/../a/one.mp4 1\n")
+    assert [r.video_id for r in listfile.load(list_cfg(list_root)).train].count("a/one.mp4") == 1
+
+
+def test_listfile_ids_that_collide_even_with_extensions_name_both_lines(list_root, tmp_path):
+    """train1.txt:5 lists <tmp>/elsewhere/five.avi by its absolute path; its id is that path without the
+    leading slash, which is also the id of the same relative path under the root."""
+    outside = tmp_path / "elsewhere" / "five.avi"
+    inside = list_root / str(outside).lstrip("/")
+    inside.parent.mkdir(parents=True)
+    inside.touch()
+    _append(list_root / "test1.txt", f"{str(outside).lstrip('/')} 1\n")
+    expect_error(listfile.load, list_cfg(list_root), "train1.txt:5:", "is also the id of", "test1.txt:3")
+
+
+def test_listfile_path_leaving_the_root_is_named_in_a_warning(list_root, tmp_path, caplog):
+    (tmp_path / "elsewhere" / "six.avi").touch()
+    _append(list_root / "test1.txt", "b/../a/../b/four.avi 2\n../elsewhere/six.avi 1\n../mine/../elsewhere/six.avi 1\n")
+    with caplog.at_level(logging.WARNING):
+        index = listfile.load(list_cfg(list_root))
+    leaving = [r.getMessage() for r in caplog.records if "leaves dataset.root" in r.getMessage()]
+    assert len(leaving) == 1, leaving  # one warning per file: the first line and how many more
+    assert leaving[0].startswith(f"{list_root / 'test1.txt'}:4: path '../elsewhere/six.avi' leaves dataset.root=")
+    assert "(and 1 more line of this file)" in leaving[0]
+    assert index.test[-1].path == str(tmp_path / "elsewhere" / "six.avi")
+    # a path staying inside through `..` and an absolute path (train1.txt:5) are not warned about
+    caplog.clear()
+    (list_root / "test1.txt").write_text("b/three.avi 1\nb/../b/four.avi 2\n")
+    with caplog.at_level(logging.WARNING):
+        listfile.load(list_cfg(list_root))
+    assert "leaves dataset.root" not in caplog.text

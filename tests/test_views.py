@@ -16,7 +16,7 @@ from mvcoding.config import CONFIG_DIR, load_config
 from mvcoding.datasets import load_dataset
 from mvcoding.errors import UserError
 from mvcoding.model import view_context
-from mvcoding.registry import Aug, Clip, ViewContext, build_view, list_views, view_settings
+from mvcoding.registry import Aug, Clip, ViewContext, build_view, list_views, view_settings, view_source
 from mvcoding.train import train
 
 FOUR = str(CONFIG_DIR / "synthetic_4view.yaml")
@@ -179,3 +179,51 @@ def test_cached_window_past_the_end_repeats_the_last_frame():
     x = CachedClips(Reader(), offset=3)(Clip("v", "v.avi", 4, 4, 2, 25.0, 10))  # frames 7, 9, then past the end
     assert x.shape == (2, 4, 2, 2)
     assert x[:, 0].tolist() == frames[7].tolist() and all(x[:, t].tolist() == frames[9].tolist() for t in (1, 2, 3))
+
+
+# ----------------------------------------------------------------------------- pickling, spawned workers
+BUILT_IN = [n for n in list_views() if view_source(n).startswith("mvcoding.views.")]
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_built_in_views_pickle(name, setup):
+    """decode, transform and build_encoder (and the whole view, as a spawned DataLoader worker gets it)
+    pickle, and the view read back decodes and transforms the clip as the original does."""
+    import pickle
+
+    ctx, _, clip = setup
+    view = build_view(name, ctx, **small(name))
+    for attr in ("decode", "transform", "build_encoder", "check"):
+        pickle.dumps(getattr(view, attr))
+    back = pickle.loads(pickle.dumps(view))
+    for aug in (TRAIN_AUG, EVAL_AUG):
+        torch.testing.assert_close(back.transform(back.decode(clip), aug), view.transform(view.decode(clip), aug))
+    assert back.build_encoder().feat_dim == view.build_encoder().feat_dim
+
+
+def test_every_built_in_view_trains_and_evaluates_with_spawned_workers(four_root, tmp_path, monkeypatch):
+    """DataLoader workers started with spawn get the dataset pickled and import the views afresh."""
+    from mvcoding import data, transfer
+    from mvcoding import train as train_module
+
+    contexts = []
+
+    def spawning(*args, **kwargs):
+        loader = data.make_loader(*args, **kwargs, start_method="spawn")
+        contexts.append(loader.multiprocessing_context.get_start_method())
+        return loader
+
+    monkeypatch.setattr(train_module, "make_loader", spawning)
+    monkeypatch.setattr(transfer, "make_loader", spawning)
+    extra = {f"views.{n}.{k}": v for n in BUILT_IN for k, v in small(n).items()}  # adds lab_l and lab_ab
+    over = {"run.dir": tmp_path / "run", "train.max_steps": 2, "objective.graph": "core", "objective.anchor": "rgb",
+            "data.workers": 1, **extra}  # fmt: skip
+    run = train(load_config(FOUR, tiny(four_root, **over)))
+    assert pairs_logged(run) == {frozenset(("rgb", v)) for v in BUILT_IN if v != "rgb"}
+    assert contexts == ["spawn"]
+
+    over = {"run.dir": tmp_path / "eval", "checkpoint": run / "checkpoints" / "last.pt", "data.workers": 1,
+            "eval.views": f"[{','.join(BUILT_IN)}]", "eval.clips": 1, "eval.linear.epochs": 2, **extra}  # fmt: skip
+    out = transfer.evaluate("linear", load_config(FOUR, tiny(four_root, **over)))
+    results = json.loads((out / "results.json").read_text())
+    assert np.isfinite(results["metrics"]["video_top1"]) and contexts[1:] == ["spawn"] * (len(contexts) - 1) != []

@@ -6,6 +6,8 @@ batched tensor expression (mvcoding.transforms.rgb_to_lab).
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from mvcoding.encoders import build_encoder
@@ -17,25 +19,28 @@ from mvcoding.views.rgb import decode_rgb
 L_CENTER, L_SCALE, AB_SCALE = 50.0, 50.0, 110.0
 
 
+def transform_lab(x: torch.Tensor, aug: Aug, *, size: int, channels: slice, lightness: bool) -> torch.Tensor:
+    """(3, T, H, W) uint8 RGB -> Lab `channels` (n, T, size, size) float32, cropped and flipped with aug;
+    lightness: L centred and scaled, else a, b scaled."""
+    x = crop_resize(x, aug.crop, size).float() / 255
+    if aug.flip:
+        x = x.flip(-1)
+    lab = rgb_to_lab(x.clamp(0, 1))[channels]  # (n, T, size, size)
+    if lightness:
+        return (lab - L_CENTER) / L_SCALE
+    return lab / AB_SCALE
+
+
 def lab_view(name: str, channels: slice, *, ctx: ViewContext, encoder: str, width, size, resolution, offset) -> View:
     size = size or ctx.size
     n = channels.stop - channels.start
-
-    def transform(x: torch.Tensor, aug: Aug) -> torch.Tensor:
-        x = crop_resize(x, aug.crop, size).float() / 255
-        if aug.flip:
-            x = x.flip(-1)
-        lab = rgb_to_lab(x.clamp(0, 1))[channels]  # (n, T, size, size)
-        if name == "lab_l":
-            return (lab - L_CENTER) / L_SCALE
-        return lab / AB_SCALE
-
-    return View(
+    resolution = list(resolution) if resolution else None
+    return View(  # module-level functions bound with partial: the view pickles into spawned workers
         name=name,
         channels=n,
-        decode=lambda clip: decode_rgb(clip, offset=offset, resolution=resolution),
-        transform=transform,
-        build_encoder=lambda: build_encoder(encoder, in_channels=n, width=width),
+        decode=partial(decode_rgb, offset=offset, resolution=resolution),
+        transform=partial(transform_lab, size=size, channels=channels, lightness=name == "lab_l"),
+        build_encoder=partial(build_encoder, encoder, in_channels=n, width=width),
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from mvcoding.encoders import build_encoder
@@ -20,6 +22,14 @@ def decode_rgb(clip: Clip, *, offset: int = 0, resolution=None) -> torch.Tensor:
     return torch.from_numpy(frames).permute(3, 0, 1, 2)
 
 
+def transform_rgb(x: torch.Tensor, aug: Aug, *, size: int) -> torch.Tensor:
+    """(3, T, H, W) uint8 -> (3, T, size, size) float32: cropped, flipped with aug, normalised."""
+    x = crop_resize(x, aug.crop, size).float() / 255  # crop and resize the bytes: cheaper
+    if aug.flip:
+        x = x.flip(-1)
+    return normalize(x, MEAN, STD)
+
+
 @register_view("rgb")
 def rgb(
     *,
@@ -33,17 +43,11 @@ def rgb(
     """RGB clip. size: crop size (default data.size); resolution: [H, W] to decode at (default native);
     offset: frames to shift this view's window by (a later clip of the same video is a view of its own)."""
     size = size or ctx.size
-
-    def transform(x: torch.Tensor, aug: Aug) -> torch.Tensor:
-        x = crop_resize(x, aug.crop, size).float() / 255  # crop and resize the bytes: cheaper
-        if aug.flip:
-            x = x.flip(-1)
-        return normalize(x, MEAN, STD)
-
-    return View(
+    resolution = list(resolution) if resolution else None
+    return View(  # module-level functions bound with partial: the view pickles into spawned workers
         name="rgb",
         channels=3,
-        decode=lambda clip: decode_rgb(clip, offset=offset, resolution=resolution),
-        transform=transform,
-        build_encoder=lambda: build_encoder(encoder, in_channels=3, width=width),
+        decode=partial(decode_rgb, offset=offset, resolution=resolution),
+        transform=partial(transform_rgb, size=size),
+        build_encoder=partial(build_encoder, encoder, in_channels=3, width=width),
     )
