@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         lines = [line for line in str(e).splitlines() if line.strip()]
         # raised in a DataLoader worker, the message carries the worker's traceback: keep the cause
-        message = lines[-1].split("UserError: ", 1)[-1] if len(lines) > 1 else str(e)
+        prefix = f"{type(e).__module__}.{type(e).__qualname__}: "  # torch re-raises the worker's own class
+        message = lines[-1].split("UserError: ", 1)[-1].removeprefix(prefix) if len(lines) > 1 else str(e)
         print(f"error: {message}", file=sys.stderr)
         return 2
     except Stopped as e:

@@ -98,6 +98,7 @@ def make_monitor(cfg: DictConfig, views: dict[str, View]) -> Monitor | None:
             batch_size=int(cfg.train.batch_size),
             workers=cfg.data.workers,
             prefetch=cfg.data.prefetch,
+            start_method=cfg.data.start_method,
             pin_memory=False,
             drop_last=False,
         )

@@ -108,6 +108,7 @@ SCHEMA: dict[str, Rule] = {
     "data.workers": integer(0),
     "data.prefetch": integer(1),
     "data.pin_memory": AUTO_BOOL,
+    "data.start_method": Rule(lambda v: v in (None, "fork", "spawn", "forkserver"), "null, fork, spawn or forkserver"),
     "train.batch_size": integer(1),
     "train.epochs": integer(1),
     "train.max_steps": integer(1, null=True),

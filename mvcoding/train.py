@@ -224,6 +224,7 @@ def build_data(
         workers=cfg.data.workers,
         prefetch=cfg.data.prefetch,
         pin_memory=pin,
+        start_method=cfg.data.start_method,
         drop_last=True,
     )
     return index, data, sampler, loader

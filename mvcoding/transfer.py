@@ -210,7 +210,8 @@ def eval_loader(s: EvalSetup, records, views: dict[str, View], clips: int):
                      crops=int(cfg.eval.crops))  # fmt: skip
     pin = s.device.type == "cuda" if cfg.data.pin_memory == "auto" else bool(cfg.data.pin_memory)
     return make_loader(data, SequentialSampler(data), batch_size=int(cfg.eval.batch_size), workers=cfg.data.workers,
-                       prefetch=cfg.data.prefetch, pin_memory=pin, drop_last=False)  # fmt: skip
+                       prefetch=cfg.data.prefetch, pin_memory=pin, drop_last=False,
+                       start_method=cfg.data.start_method)  # fmt: skip
 
 
 @torch.no_grad()
@@ -361,7 +362,7 @@ def finetune(cfg: DictConfig, out: Path) -> dict:
     sampler = EpochSampler(len(data), seed=cfg.seed, shuffle=True, batch_size=b)
     pin = s.device.type == "cuda" if cfg.data.pin_memory == "auto" else bool(cfg.data.pin_memory)
     loader = make_loader(data, sampler, batch_size=b, workers=cfg.data.workers, prefetch=cfg.data.prefetch,
-                         pin_memory=pin, drop_last=True)  # fmt: skip
+                         pin_memory=pin, drop_last=True, start_method=cfg.data.start_method)  # fmt: skip
     groups = [{"params": encoder.parameters(), "lr": ft.lr * ft.backbone_lr_mult},
               {"params": head.parameters(), "lr": ft.lr}]  # fmt: skip
     opt = build_optimizer(groups, ft.optimizer, lr=ft.lr, weight_decay=ft.weight_decay, key="eval.finetune.optimizer")

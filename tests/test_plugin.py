@@ -38,6 +38,8 @@ py-modules = ["mvcoding_mygrey"]
 MODULE = '''\
 """The grey level of the clip (the mean of R, G and B): a one-channel view."""
 
+from functools import partial
+
 import torch
 
 from mvcoding.encoders import build_encoder
@@ -46,21 +48,21 @@ from mvcoding.transforms import crop_resize
 from mvcoding.views.rgb import decode_rgb
 
 
+def to_grey(x: torch.Tensor, aug: Aug, *, size: int) -> torch.Tensor:
+    """(3, T, H, W) uint8 -> (1, T, size, size) in [0, 1], with the crop shared with rgb."""
+    x = crop_resize(x.float().mean(0, keepdim=True) / 255, aug.crop, size)
+    return x.flip(-1) if aug.flip else x
+
+
 @register_view("grey")
 def grey(*, ctx: ViewContext, encoder: str = "small3d", width: int | None = None, size: int | None = None) -> View:
     """Grey level (1, T, size, size) in [0, 1]."""
-    size = size or ctx.size
-
-    def transform(x: torch.Tensor, aug: Aug) -> torch.Tensor:
-        x = crop_resize(x.float().mean(0, keepdim=True) / 255, aug.crop, size)  # the crop shared with rgb
-        return x.flip(-1) if aug.flip else x
-
     return View(
         name="grey",
         channels=1,
         decode=decode_rgb,
-        transform=transform,
-        build_encoder=lambda: build_encoder(encoder, in_channels=1, width=width),
+        transform=partial(to_grey, size=size or ctx.size),
+        build_encoder=partial(build_encoder, encoder, in_channels=1, width=width),
     )
 '''
 
@@ -202,9 +204,9 @@ def gradient_plugin(tmp_path):
     assert not installed(GRADIENT_DIST), f"{GRADIENT_DIST} is still installed after the test"
 
 
-def test_the_readme_shows_the_cached_plugin_this_test_installs():
+def test_the_readme_shows_the_plugins_these_tests_install():
     readme = (REPO / "README.md").read_text()
-    assert GRADIENT_MODULE.strip() in readme
+    assert MODULE.strip() in readme and GRADIENT_MODULE.strip() in readme
 
 
 def test_a_plugin_view_with_a_precompute_stage_is_filled_checked_and_trained(gradient_plugin, synthetic_root, tmp_path):

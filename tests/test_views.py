@@ -208,14 +208,15 @@ def test_every_built_in_view_trains_and_evaluates_with_spawned_workers(four_root
 
     contexts = []
 
-    def spawning(*args, **kwargs):
-        loader = data.make_loader(*args, **kwargs, start_method="spawn")
+    def recording(*args, **kwargs):  # data.start_method=spawn reaches the DataLoader
+        loader = data.make_loader(*args, **kwargs)
         contexts.append(loader.multiprocessing_context.get_start_method())
         return loader
 
-    monkeypatch.setattr(train_module, "make_loader", spawning)
-    monkeypatch.setattr(transfer, "make_loader", spawning)
+    monkeypatch.setattr(train_module, "make_loader", recording)
+    monkeypatch.setattr(transfer, "make_loader", recording)
     extra = {f"views.{n}.{k}": v for n in BUILT_IN for k, v in small(n).items()}  # adds lab_l and lab_ab
+    extra["data.start_method"] = "spawn"
     over = {"run.dir": tmp_path / "run", "train.max_steps": 2, "objective.graph": "core", "objective.anchor": "rgb",
             "data.workers": 1, **extra}  # fmt: skip
     run = train(load_config(FOUR, tiny(four_root, **over)))
