@@ -608,8 +608,8 @@ class CachedClips:
 
     The window starts `offset` frames late; where it runs past the video's end the last frame repeats."""
 
-    def __init__(self, reader: CacheReader, offset: int = 0):
-        self.reader, self.offset = reader, offset
+    def __init__(self, reader: CacheReader, offset: int = 0, unpack=None):
+        self.reader, self.offset, self.unpack = reader, offset, unpack
 
     def __call__(self, clip) -> "torch.Tensor":  # noqa: F821, UP037
         import torch
@@ -619,6 +619,8 @@ class CachedClips:
         x = self.reader.read(clip.video_id, start, stop, clip.stride)  # (T', C, H, W)
         if x.shape[0] < clip.num_frames:  # the offset ran past the end: repeat the last frame
             x = np.concatenate([x, np.repeat(x[-1:], clip.num_frames - x.shape[0], axis=0)])
+        if self.unpack is not None:  # encoded entries (JPEG): (T, C, H, W) as decoded
+            x = self.unpack(x)
         return torch.from_numpy(x).permute(1, 0, 2, 3)  # (C, T, H, W)
 
 
@@ -641,5 +643,6 @@ def attach_cache(view, ctx) -> None:
     reader = CacheReader(path, expect=provenance, name=view.name, root=ctx.root)
     view.cache = reader
     if view.decode is None:
-        view.decode = CachedClips(reader, view.precompute.offset)
+        view.decode = CachedClips(reader, view.precompute.offset, view.precompute.unpack)
+        view.source = f"cache:{path}:{view.precompute.offset}"  # views reading one cache share the read
     view.check = CacheCheck(reader)

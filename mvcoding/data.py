@@ -127,9 +127,15 @@ class MultiViewClips(Dataset):
         rng = np.random.default_rng((self.seed, self.epoch, i))
         clip = self.clip(i, rng)
         aug = sample_aug(rng, train=self.train, scale=self.scale, flip=self.flip)
-        item = {}
+        item, decoded = {}, {}
         for name, view in self.views.items():
-            item[name] = view.transform(view.decode(clip), aug)
+            if view.source is None:
+                x = view.decode(clip)
+            elif view.source in decoded:  # rgb, lab_l, lab_ab: one decode of the item's frames
+                x = decoded[view.source]
+            else:
+                x = decoded[view.source] = view.decode(clip)
+            item[name] = view.transform(x, aug)
             if not self.shared_crop:  # each view its own crop; the flip stays shared (it mirrors motion)
                 aug = replace(sample_aug(rng, train=self.train, scale=self.scale, flip=False), flip=aug.flip)
         r = self.records[i // self.clips]

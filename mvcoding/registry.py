@@ -95,6 +95,8 @@ class Precompute:
     offset: frames the view's window is shifted by when it reads the cache.
     setup: called once by `mvcoding precompute` before any video (not by training): check that model
         weights and the like exist, raising UserError that says what to get.
+    unpack: for an encoded entry (e.g. JPEG bytes per frame), stored (T, C, H, W) -> decoded (T, C', H', W'),
+        applied by the view's decode after each read; None: the view reads what is stored.
 
     The framework does the rest: folder and provenance, parts, resume, sharding, workers, progress,
     checksums, source identity, locks, and the view's decode (view.decode=None) and check.
@@ -108,6 +110,7 @@ class Precompute:
     gpu: bool = False
     offset: int = 0
     setup: Callable[[], None] | None = None
+    unpack: Callable | None = None
 
 
 class Source:
@@ -159,6 +162,8 @@ class View:
         raises UserError naming what is missing and the command that fills it. Set by build_view for a
         view with a precompute stage.
     precompute: the view's precompute stage (see Precompute), or None.
+    source: views with the same source (a string key) share one decode per item: their decode functions
+        must give the same tensor for a clip (rgb, lab_l, lab_ab read the same frames). None: not shared.
     """
 
     name: str
@@ -170,6 +175,7 @@ class View:
     settings: dict = field(default_factory=dict)
     precompute: Precompute | None = None
     cache: object = None  # the mvcoding.cache.CacheReader of the precompute stage (set by build_view)
+    source: str | None = None
 
 
 _VIEWS: dict[str, Callable[..., View]] = {}

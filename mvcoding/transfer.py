@@ -90,9 +90,14 @@ class EvalClips(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         clip = self.base.clip(i, np.random.default_rng(0))  # eval windows are fixed; the generator is unused
-        item = {}
+        item, decoded = {}, {}
         for name, view in self.base.views.items():
-            x = view.decode(clip)
+            if view.source is not None and view.source in decoded:  # one decode per source (rgb, lab_*)
+                x = decoded[view.source]
+            else:
+                x = view.decode(clip)
+                if view.source is not None:
+                    decoded[view.source] = x
             boxes = crop_boxes(x.shape[-2], x.shape[-1], self.crops)
             item[name] = torch.stack([view.transform(x, Aug(train=False, crop=box)) for box in boxes])
         video = i // self.base.clips

@@ -26,7 +26,10 @@ from mvcoding.model import build_views
 from mvcoding.precompute import main as precompute
 from mvcoding.registry import Aug, Clip, has_precompute, list_views
 
-CACHED = [name for name in list_views() if has_precompute(name)]
+# (view, its settings): every registered view cached by default, and the views cached on request
+CASES = [(name, "{}") for name in list_views() if has_precompute(name)]
+CASES += [("rgb", "{cache: true}"), ("rgb", "{cache: true, cache_format: raw}")]
+IDS = [f"{n}{'' if s == '{}' else '-' + ('raw' if 'raw' in s else 'jpeg')}" for n, s in CASES]
 
 
 @pytest.fixture
@@ -37,8 +40,11 @@ def dataset(synthetic_root, tmp_path):
     return root
 
 
+SETTINGS: dict[str, str] = {}  # view -> its settings in the running test
+
+
 def overrides(root, view: str) -> list[str]:
-    return tiny(root, **{"cache.dir": root / "cache"}) + [f"views.{view}={{}}"]
+    return tiny(root, **{"cache.dir": root / "cache"}) + [f"views.{view}={SETTINGS.get(view, '{}')}"]
 
 
 def built(root, view: str):
@@ -50,16 +56,24 @@ def fill(root, view: str) -> None:
     assert precompute([view, SYNTHETIC, *overrides(root, view)]) == 0
 
 
+@pytest.fixture
+def name(request):
+    view, settings = request.param
+    SETTINGS[view] = settings
+    yield view
+    SETTINGS.pop(view, None)
+
+
 def entries(view) -> dict[str, np.ndarray]:
     r = view.cache
     return {vid: r.read(vid, 0, r.num_frames(vid)) for vid in sorted(r.index)}
 
 
 def test_every_builtin_cached_view_is_covered():
-    assert {"flow", "depth"} <= set(CACHED)
+    assert {"flow", "depth"} <= {n for n, _ in CASES}
 
 
-@pytest.mark.parametrize("name", CACHED)
+@pytest.mark.parametrize("name", CASES, ids=IDS, indirect=True)
 def test_round_trip_into_decode_and_transform(dataset, name):
     fill(dataset, name)
     view, records = built(dataset, name)
@@ -68,12 +82,14 @@ def test_round_trip_into_decode_and_transform(dataset, name):
     x = view.decode(Clip(records[0].video_id, records[0].path, 2, 4, 2, 25.0, n))
     assert x.ndim == 4 and x.shape[:2] == (view.channels, 4), x.shape
     stored = view.cache.read(records[0].video_id, 2, 9, 2)  # (T, C, H, W): frames 2, 4, 6, 8
+    if view.precompute.unpack is not None:  # encoded entries (JPEG)
+        stored = view.precompute.unpack(stored)
     assert torch.equal(x, torch.from_numpy(stored).permute(1, 0, 2, 3))
     y = view.transform(x, Aug(train=True, crop=(0.1, 0.1, 0.8, 0.8), flip=True))
     assert y.dtype == torch.float32 and y.shape == (view.channels, 4, 32, 32) and torch.isfinite(y).all()
 
 
-@pytest.mark.parametrize("name", CACHED)
+@pytest.mark.parametrize("name", CASES, ids=IDS, indirect=True)
 def test_resume_from_what_a_killed_writer_leaves(dataset, name, capsys):
     fill(dataset, name)
     view, records = built(dataset, name)
@@ -92,7 +108,7 @@ def test_resume_from_what_a_killed_writer_leaves(dataset, name, capsys):
     assert got.keys() == full.keys() and all(np.array_equal(got[k], full[k]) for k in full)
 
 
-@pytest.mark.parametrize("name", CACHED)
+@pytest.mark.parametrize("name", CASES, ids=IDS, indirect=True)
 def test_a_damaged_part_is_named_and_repaired(dataset, name, capsys):
     fill(dataset, name)
     view, records = built(dataset, name)
@@ -118,7 +134,7 @@ def test_a_damaged_part_is_named_and_repaired(dataset, name, capsys):
     assert all(np.array_equal(got[k], full[k]) for k in full)
 
 
-@pytest.mark.parametrize("name", CACHED)
+@pytest.mark.parametrize("name", CASES, ids=IDS, indirect=True)
 def test_another_datasets_or_a_changed_videos_entries_are_refused(dataset, name, tmp_path):
     fill(dataset, name)
     other = tmp_path / "synthetic_copy"  # another dataset of the same name, sharing cache.dir
@@ -135,7 +151,7 @@ def test_another_datasets_or_a_changed_videos_entries_are_refused(dataset, name,
         view.check(records)
 
 
-@pytest.mark.parametrize("name", CACHED)
+@pytest.mark.parametrize("name", CASES, ids=IDS, indirect=True)
 def test_two_writers_on_one_shard_give_a_single_runs_cache(dataset, name, tmp_path):
     single = tmp_path / "single"
     shutil.copytree(dataset, single)

@@ -13,7 +13,7 @@ import torch
 from mvcoding.encoders import build_encoder
 from mvcoding.registry import Aug, View, ViewContext, register_view
 from mvcoding.transforms import crop_resize, rgb_to_lab
-from mvcoding.views.rgb import decode_rgb
+from mvcoding.views.rgb import decode_rgb, rgb_stage
 
 # Lab channel statistics used to bring each channel to roughly zero mean, unit scale
 L_CENTER, L_SCALE, AB_SCALE = 50.0, 50.0, 110.0
@@ -31,14 +31,19 @@ def transform_lab(x: torch.Tensor, aug: Aug, *, size: int, channels: slice, ligh
     return lab / AB_SCALE
 
 
-def lab_view(name: str, channels: slice, *, ctx: ViewContext, encoder: str, width, size, resolution, offset) -> View:
+def lab_view(name: str, channels: slice, *, ctx: ViewContext, encoder: str, width, size, resolution, offset,
+             cache=False, cache_format="jpeg", jpeg_quality=90) -> View:  # fmt: skip
     size = size or ctx.size
     n = channels.stop - channels.start
     resolution = list(resolution) if resolution else None
+    stage = (rgb_stage(cache_format=cache_format, jpeg_quality=jpeg_quality, resolution=resolution, offset=offset)
+             if cache else None)  # fmt: skip
     return View(  # module-level functions bound with partial: the view pickles into spawned workers
         name=name,
         channels=n,
-        decode=partial(decode_rgb, offset=offset, resolution=resolution),
+        decode=None if cache else partial(decode_rgb, offset=offset, resolution=resolution),
+        precompute=stage,  # the rgb view's cache, when the settings match: one cache for all three
+        source=None if cache else f"rgb-video:{resolution}:{offset}",
         transform=partial(transform_lab, size=size, channels=channels, lightness=name == "lab_l"),
         build_encoder=partial(build_encoder, encoder, in_channels=n, width=width),
     )
@@ -53,10 +58,23 @@ def lab_l(
     size: int | None = None,
     resolution: list[int] | None = None,
     offset: int = 0,
+    cache: bool = False,
+    cache_format: str = "jpeg",
+    jpeg_quality: int = 90,
 ) -> View:
     """Lightness L of CIE Lab, (1, T, size, size), scaled to about [-1, 1]."""
     return lab_view(
-        "lab_l", slice(0, 1), ctx=ctx, encoder=encoder, width=width, size=size, resolution=resolution, offset=offset
+        "lab_l",
+        slice(0, 1),
+        ctx=ctx,
+        encoder=encoder,
+        width=width,
+        size=size,
+        resolution=resolution,
+        offset=offset,
+        cache=cache,
+        cache_format=cache_format,
+        jpeg_quality=jpeg_quality,
     )
 
 
@@ -69,8 +87,21 @@ def lab_ab(
     size: int | None = None,
     resolution: list[int] | None = None,
     offset: int = 0,
+    cache: bool = False,
+    cache_format: str = "jpeg",
+    jpeg_quality: int = 90,
 ) -> View:
     """Colour channels a, b of CIE Lab, (2, T, size, size), scaled to about [-1, 1]."""
     return lab_view(
-        "lab_ab", slice(1, 3), ctx=ctx, encoder=encoder, width=width, size=size, resolution=resolution, offset=offset
+        "lab_ab",
+        slice(1, 3),
+        ctx=ctx,
+        encoder=encoder,
+        width=width,
+        size=size,
+        resolution=resolution,
+        offset=offset,
+        cache=cache,
+        cache_format=cache_format,
+        jpeg_quality=jpeg_quality,
     )
