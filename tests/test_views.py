@@ -228,3 +228,65 @@ def test_every_built_in_view_trains_and_evaluates_with_spawned_workers(four_root
     out = transfer.evaluate("linear", load_config(FOUR, tiny(four_root, **over)))
     results = json.loads((out / "results.json").read_text())
     assert np.isfinite(results["metrics"]["video_top1"]) and contexts[1:] == ["spawn"] * (len(contexts) - 1) != []
+
+
+# --- flow displacements under a crop; data.shared_crop ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("crop", "size", "flip", "expected"),
+    [
+        ((0.0, 0.0, 1.0, 1.0), 32, False, (25, -25)),  # the whole 32 px frame at 32 px: as cached
+        ((0.25, 0.25, 0.5, 0.5), 32, False, (50, -50)),  # half the frame resized to 32 px: doubled
+        ((0.0, 0.25, 1.0, 0.5), 32, False, (50, -25)),  # half the width: x doubled, y as cached
+        ((0.5, 0.0, 0.5, 1.0), 32, False, (25, -50)),  # half the height: y doubled
+        ((0.0, 0.0, 1.0, 1.0), 16, False, (12.5, -12.5)),  # the whole frame at 16 px: halved
+        ((0.25, 0.25, 0.5, 0.5), 32, True, (-50, -50)),  # doubled, and a flip negates x
+    ],
+)
+def test_flow_displacements_scale_with_the_crop(crop, size, flip, expected):
+    """Cached flow is in pixels of the cached frame; the view's output is in pixels of its `size` crop, over
+    the bound. A uniform flow of (+1.96, -1.96) px cached as uint8 140 and 115 (value = u * 40 / 255 - 20
+    at bound 20) is (+25/255, -25/255) of the bound in the full frame; expected is in units of 1/255."""
+    ctx = ViewContext(dataset="synthetic", root="/none", cache_dir="/none", frames=2, stride=1, size=32)
+    view = build_view("flow", ctx, size=size)
+    cached = torch.empty(2, 2, 32, 32, dtype=torch.uint8)  # (C, T, H, W): x then y
+    cached[0], cached[1] = 140, 115
+    y = view.transform(cached, Aug(train=True, crop=crop, flip=flip))
+    assert y.shape == (2, 2, size, size)
+    torch.testing.assert_close(y[0], torch.full((2, size, size), expected[0] / 255), rtol=0, atol=1e-5)
+    torch.testing.assert_close(y[1], torch.full((2, size, size), expected[1] / 255), rtol=0, atol=1e-5)
+
+
+def recording_view(name: str):
+    """A view whose output is the augmentation it was given: (y0, x0, h, w, flip)."""
+    from mvcoding.registry import View
+
+    return View(name=name, channels=1, decode=lambda clip: torch.zeros(1, clip.num_frames, 8, 8, dtype=torch.uint8),
+                transform=lambda x, aug: torch.tensor([*aug.crop, float(aug.flip)]), build_encoder=None)  # fmt: skip
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_shared_crop_false_gives_each_view_its_own_crop_and_one_flip(synthetic_root, flip):
+    """data.shared_crop=false (through the trainer's data): every view its own random crop, every view
+    the item's one flip; data.shared_crop=true: one crop and flip for all."""
+    from mvcoding.train import build_data
+
+    views = {n: recording_view(n) for n in ("a", "b", "c")}
+    items = {}
+    for shared in (False, True):
+        over = {"data.shared_crop": shared, "data.flip": flip, "data.scale": "[0.2,0.6]"}
+        cfg = load_config(str(CONFIG_DIR / "synthetic_rgb_flow.yaml"), tiny(synthetic_root, **over))
+        data = build_data(cfg, views, torch.device("cpu"))[1]
+        items[shared] = [data[i] for i in range(len(data))]
+    assert len(items[False]) == 16
+    for own, one in zip(items[False], items[True], strict=True):
+        a, b, c = own["a"], own["b"], own["c"]
+        assert not torch.equal(a[:4], b[:4]) and not torch.equal(b[:4], c[:4]) and not torch.equal(a[:4], c[:4])
+        assert a[4] == b[4] == c[4]  # one flip
+        for box in (a, b, c):
+            y0, x0, h, w = box[:4].tolist()
+            assert 0 <= y0 and 0 <= x0 and y0 + h <= 1 + 1e-9 and x0 + w <= 1 + 1e-9 and h * w <= 0.6 + 1e-6
+        assert torch.equal(one["a"], one["b"]) and torch.equal(one["a"], one["c"])  # shared: one crop and flip
+    flips = {bool(it["a"][4]) for it in items[False]}
+    assert flips == ({False, True} if flip else {False})
