@@ -242,6 +242,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4, help="passes over the videos per timed loader run")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workers", type=int, nargs="*", default=[0, 1, 2])
+    ap.add_argument("--rgb-cache", nargs="*", default=["jpeg", "raw"], choices=["jpeg", "raw"],
+                    help="also time the loader with RGB read from the decode-once cache in these formats")  # fmt: skip
     args = ap.parse_args()
     if args.quick:
         args.videos, args.rounds, args.epochs = min(args.videos, 24), min(args.rounds, 3), min(args.epochs, 3)
@@ -271,6 +273,18 @@ def main() -> None:
         d = cfg.data
         data = MultiViewClips(records, views, lengths, frames=d.frames, stride=d.stride, train=True, scale=d.scale,
                               flip=d.flip, seed=cfg.seed)  # fmt: skip
+        cached = {}  # format -> MultiViewClips with rgb from the decode-once cache
+        for fmt in args.rgb_cache:
+            over = [*overrides, "views.rgb.cache=true", f"views.rgb.cache_format={fmt}", "precompute.workers=2"]
+            if precompute(["rgb", str(CONFIG), *over]) != 0:
+                raise SystemExit(f"filling the {fmt} rgb cache failed")
+            cviews = build_views(load_config(CONFIG, over))
+            cached[fmt] = MultiViewClips(records, cviews, lengths, frames=d.frames, stride=d.stride, train=True,
+                                         scale=d.scale, flip=d.flip, seed=cfg.seed)  # fmt: skip
+            path = cviews["rgb"].cache.path
+            size = sum(p.stat().st_size for p in path.glob("part-*.h5"))
+            frames = sum(lengths[r.video_id][0] for r in records)
+            cached[fmt].bytes_per_frame = size / frames
         cache = views["flow"].cache.path
         parts = {vid: str(cache / f"{name}.h5") for name, info in read_parts(cache).items() for vid in info["videos"]}
         h, w = args.resolution or (-1, -1)
@@ -288,15 +302,17 @@ def main() -> None:
               f"1 torch thread per process; batch {args.batch}, {len(plan)} clips per run; setup {setup:.0f} s"
         )  # fmt: skip
 
-        rates = {(kind, wk): [] for wk in args.workers for kind in ("loader", "bare")}
+        kinds = ["loader", "bare", *(f"cached {fmt}" for fmt in cached)]
+        rates = {(kind, wk): [] for wk in args.workers for kind in kinds}
         for r in range(args.rounds):
             for wk in args.workers:
-                kinds = ("loader", "bare") if r % 2 == 0 else ("bare", "loader")
-                for kind in kinds:
+                for kind in kinds if r % 2 == 0 else kinds[::-1]:
                     if kind == "loader":
                         rates[kind, wk].append(loader_rate(data, sampler, batch=args.batch, workers=wk))
-                    else:
+                    elif kind == "bare":
                         rates[kind, wk].append(bare_rate(plan, wk))
+                    else:
+                        rates[kind, wk].append(loader_rate(cached[kind[7:]], sampler, batch=args.batch, workers=wk))
         print(f"\nclips per second, median of {args.rounds} interleaved rounds (min-max)\n")
         head = f"{'workers':>7}  {'loader':>7} {'(min-max)':>13}  {'bare':>7} {'(min-max)':>13}  {'loader/bare':>11}"
         print(head)
@@ -306,6 +322,18 @@ def main() -> None:
             ml, mb = statistics.median(lo), statistics.median(ba)
             print(f"{wk:>7}  {ml:>7.1f} {f'({min(lo):.0f}-{max(lo):.0f})':>13}  {mb:>7.1f} "
                   f"{f'({min(ba):.0f}-{max(ba):.0f})':>13}  {ml / mb:>11.2f}")  # fmt: skip
+        if cached:
+            print("\nthe loader with RGB from the decode-once cache (flow as above), clips per second, median:\n")
+            head = f"{'workers':>7}  " + "  ".join(f"{'cached ' + f:>12} {'/loader':>8}" for f in cached)
+            print(head)
+            print("-" * len(head))
+            for wk in args.workers:
+                ml = statistics.median(rates["loader", wk])
+                cells = [(statistics.median(rates[f"cached {f}", wk])) for f in cached]
+                print(f"{wk:>7}  " + "  ".join(f"{c:>12.1f} {c / ml:>8.2f}" for c in cells))
+            for fmt, ds in cached.items():
+                print(f"rgb cache {fmt}: {ds.bytes_per_frame / 1024:.1f} KiB per frame on disk "
+                      f"({ds.bytes_per_frame * 25 * 3600 / 2**30:.2f} GiB per hour of 25 fps video)")  # fmt: skip
 
         n = min(len(data), 48)
         items = [i % len(data) for i in range(2 * n)]
