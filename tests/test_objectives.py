@@ -55,6 +55,38 @@ def bank_rows_by_hand(z, bank, index, neg, tau) -> list[list[float]]:
     return [[dot(z[i], bank[j]) / tau for j in [index[i].item(), *neg[i].tolist()]] for i in range(len(z))]
 
 
+def z_batch_by_hand(rows: list[list[float]], n_data: int) -> float:
+    """Z_batch = n_data * mean(exp(logit)) over every logit of the batch (the original CMC's estimate)."""
+    values = [v for row in rows for v in row]
+    return n_data * sum(math.exp(v) for v in values) / len(values)
+
+
+def binary_nce_by_hand(rows: list[list[float]], Z: float, n_data: int) -> float:
+    """The original CMC's binary NCE, positive in column 0, noise P_n = 1 / n_data, K = len(row) - 1:
+    mean_i [-log(P_pos / (P_pos + K/N)) - sum_neg log((K/N) / (P_neg + K/N))] with P = exp(s / tau) / Z."""
+    total = 0.0
+    for row in rows:
+        c = (len(row) - 1) / n_data  # K / N
+        p = [math.exp(v) / Z for v in row]
+        total += -math.log(p[0] / (p[0] + c)) - sum(math.log(c / (pk + c)) for pk in p[1:])
+    return total / len(rows)
+
+
+def in_batch_rows_by_hand(za, zb, tau) -> list[list[float]]:
+    """Logits (B, B) of anchors za against candidates zb, as plain floats."""
+    a, b = za.double().tolist(), zb.double().tolist()
+    return [[dot(a[i], b[j]) / tau for j in range(len(b))] for i in range(len(a))]
+
+
+def pair_loss_by_hand(z, banks, index, neg, tau, a, b) -> float:
+    """L(a, b) = L^{a,b} + L^{b,a}: in the batch when banks is None, else against the other view's bank."""
+    if banks is None:
+        return sum(softmax_ce_by_hand(in_batch_rows_by_hand(z[x], z[y], tau), list(range(len(index))))
+                   for x, y in ((a, b), (b, a)))  # fmt: skip
+    return sum(softmax_ce_by_hand(bank_rows_by_hand(z[x], banks[y], index, neg, tau), [0] * len(index))
+               for x, y in ((a, b), (b, a)))  # fmt: skip
+
+
 # --- the formulas ------------------------------------------------------------------------------
 
 
@@ -217,15 +249,25 @@ def test_bank_objective_scores_each_view_against_the_other_views_bank(n_data):
 
 
 @pytest.mark.parametrize("negatives", ["memory_bank", "in_batch"])
-@pytest.mark.parametrize("graph", ["full", "core"])
-def test_three_views_give_stats_for_every_pair(negatives, graph):
-    obj = CMCObjective(views=["rgb", "flow", "depth"], graph=graph, anchor="rgb", negatives=negatives, n_data=40, K=8)
+@pytest.mark.parametrize(
+    ("graph", "pairs"),
+    [("full", [("rgb", "flow"), ("rgb", "depth"), ("flow", "depth")]), ("core", [("rgb", "flow"), ("rgb", "depth")])],
+)
+def test_three_views_give_stats_for_every_pair(negatives, graph, pairs):
+    K, tau, n_data = 8, 0.07, 40
+    obj = CMCObjective(views=["rgb", "flow", "depth"], graph=graph, anchor="rgb", negatives=negatives, n_data=n_data,
+                       K=K, tau=tau)  # fmt: skip
     z = {v: unit(4, 128, seed=i) for i, v in enumerate(["rgb", "flow", "depth"])}
-    loss, stats = obj(z, torch.tensor([0, 1, 2, 39]), torch.Generator().manual_seed(0))
-    pairs = view_pairs(["rgb", "flow", "depth"], graph, "rgb")
-    banks = [f"bank_cos/{v}" for v in ("rgb", "flow", "depth")] if negatives == "memory_bank" else []
-    assert sorted(stats) == sorted([f"loss/{a}-{b}" for a, b in pairs] + [f"mi/{a}-{b}" for a, b in pairs] + banks)
-    assert loss.item() == pytest.approx(sum(stats[f"loss/{a}-{b}"] for a, b in pairs), rel=1e-5)
+    index = torch.tensor([0, 1, 2, 39])
+    banks = {v: obj.banks.get_buffer(v).clone() for v in z} if negatives == "memory_bank" else None
+    loss, stats = obj(z, index, torch.Generator().manual_seed(0))
+    neg = sample_negatives(index, n_data, K, torch.Generator().manual_seed(0))  # one draw shared by every pair
+    bank_keys = [f"bank_cos/{v}" for v in ("rgb", "flow", "depth")] if negatives == "memory_bank" else []
+    assert sorted(stats) == sorted([f"loss/{a}-{b}" for a, b in pairs] + [f"mi/{a}-{b}" for a, b in pairs] + bank_keys)
+    by_hand = {(a, b): pair_loss_by_hand(z, banks, index, neg, tau, a, b) for a, b in pairs}
+    for (a, b), value in by_hand.items():
+        assert stats[f"loss/{a}-{b}"] == pytest.approx(value, rel=1e-5), (a, b)
+    assert loss.item() == pytest.approx(sum(by_hand.values()), rel=1e-5)
     assert all(isinstance(v, float) and math.isfinite(v) for v in stats.values())
 
 
@@ -316,14 +358,69 @@ def test_objective_rejects_bad_settings():
         obj({"a": unit(2, 4)}, torch.tensor([0, 1]))
 
 
-def test_scores_in_float32_under_autocast():
-    obj = CMCObjective(views=["a", "b"], graph="full", n_data=10, dim=4, K=3)
-    z = {"a": unit(2, 4, seed=1), "b": unit(2, 4, seed=2)}
-    index, expected = torch.tensor([0, 1]), obj(z, torch.tensor([0, 1]), torch.Generator().manual_seed(0))[0]
+@pytest.mark.parametrize(("negatives", "score"), [("memory_bank", "softmax"), ("memory_bank", "nce"),
+                                                 ("in_batch", "softmax")])  # fmt: skip
+def test_scores_in_float32_under_autocast(negatives, score):
+    """Under bf16 autocast the scores are still float32: the loss of bf16 embeddings is the float64 formula
+    on the same values to float32 precision. Scored in bf16 (logits up to 1/tau = 14 kept to steps of 1/16),
+    the loss is off by ~1e-3 to 1e-2 relative."""
+    B, D, K, n_data, tau = 6, 4, 8, 50, 0.07
+    obj = CMCObjective(views=["a", "b"], graph="full", negatives=negatives, score=score, n_data=n_data, dim=D, K=K,
+                       tau=tau)  # fmt: skip
+    z = {"a": unit(B, D, seed=1).bfloat16(), "b": unit(B, D, seed=2).bfloat16()}  # values bf16 holds exactly
+    index = torch.tensor([0, 3, 7, 12, 30, 49])
+    banks = {v: obj.banks.get_buffer(v).clone() for v in "ab"} if negatives == "memory_bank" else None
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, _ = obj({v: t.bfloat16() for v, t in z.items()}, index, torch.Generator().manual_seed(0))
+        loss, _ = obj(z, index, torch.Generator().manual_seed(0))
     assert loss.dtype == torch.float32
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-2)
+    zf = {v: t.float() for v, t in z.items()}
+    if score == "softmax":
+        neg = sample_negatives(index, n_data, K, torch.Generator().manual_seed(0)) if banks else None
+        expected = pair_loss_by_hand(zf, banks, index, neg, tau, "a", "b")
+    else:
+        neg = sample_negatives(index, n_data, K, torch.Generator().manual_seed(0))
+        expected = 0.0
+        for x, y in (("a", "b"), ("b", "a")):
+            rows = bank_rows_by_hand(zf[x], banks[y], index, neg, tau)
+            expected += binary_nce_by_hand(rows, z_batch_by_hand(rows, n_data), n_data)
+    assert max(max(r) for r in in_batch_rows_by_hand(zf["a"], zf["b"], tau)) > 8  # logits where bf16 steps by 1/16
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("m", [1.0, 0.6])  # 1: Z of the first batch kept (the original CMC); 0.6: a running mean
+def test_nce_objective_is_the_binary_nce_formula(m):
+    """CMCObjective(score="nce") against the original CMC's binary NCE written out, for both directions:
+    Z from the first batch, then the running average m Z + (1 - m) Z_batch; eval scores with the stored Z."""
+    n_data, K, tau = 30, 7, 0.2
+    obj = CMCObjective(views=["a", "b"], graph="full", score="nce", n_data=n_data, dim=5, K=K, tau=tau, z_momentum=m)
+    banks = {v: obj.banks.get_buffer(v).clone() for v in "ab"}
+    index = torch.tensor([4, 0, 29, 11])
+    Z = {}
+    for step in range(2):
+        z = {"a": unit(4, 5, seed=20 + step), "b": unit(4, 5, seed=30 + step)}
+        loss, stats = obj(z, index, torch.Generator().manual_seed(step))
+        neg = sample_negatives(index, n_data, K, torch.Generator().manual_seed(step))
+        expected = 0.0
+        for d, (x, y) in enumerate((("a", "b"), ("b", "a"))):
+            rows = bank_rows_by_hand(z[x], banks[y], index, neg, tau)
+            zb = z_batch_by_hand(rows, n_data)
+            Z[d] = zb if step == 0 else m * Z[d] + (1 - m) * zb
+            expected += binary_nce_by_hand(rows, Z[d], n_data)
+            assert obj.log_z[0, d].exp().item() == pytest.approx(Z[d], rel=1e-5), (step, d)
+            # the MI bound still comes from the softmax loss of the same logits
+            softmax = softmax_ce_by_hand(rows, [0] * 4)
+            if d == 0:
+                first_softmax = softmax
+        assert loss.item() == pytest.approx(expected, rel=1e-5), step
+        assert stats["loss/a-b"] == pytest.approx(expected, rel=1e-5)
+        assert stats["mi/a-b"] == pytest.approx(math.log(K) - (first_softmax + softmax) / 2, rel=1e-5)
+    obj.eval()  # eval: the stored Z, not this batch's
+    z = {"a": unit(4, 5, seed=40), "b": unit(4, 5, seed=41)}
+    loss, _ = obj(z, index, torch.Generator().manual_seed(9))
+    neg = sample_negatives(index, n_data, K, torch.Generator().manual_seed(9))
+    expected = sum(binary_nce_by_hand(bank_rows_by_hand(z[x], banks[y], index, neg, tau), Z[d], n_data)
+                   for d, (x, y) in enumerate((("a", "b"), ("b", "a"))))  # fmt: skip
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -384,24 +481,33 @@ def test_predictive_decoder_gives_the_exact_target_shape(out_shape):
 # --- two ranks over gloo ------------------------------------------------------------------------
 
 
+TWO_RANKS = dict(n_data=20, dim=4, K=5, tau=0.5, momentum=0.3)  # tau 0.5: logits near 1, every NCE term matters
+
+
 def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
     import os
 
+    from mvcoding import objectives
+
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     distributed.init_from_env("cpu")
+    drawn = []  # what the objective draws: the negatives of the global batch
+    sample = objectives.sample_negatives
+    objectives.sample_negatives = lambda *args, **kw: drawn.append(sample(*args, **kw)) or drawn[-1]
     try:
         gathered = distributed.all_gather_cat(torch.full((rank + 1, 2), float(rank)))  # 1 row, then 2 rows
         mean = distributed.all_reduce_mean(torch.tensor([float(rank)]))
         broadcast = distributed.broadcast_object({"from": rank})
-        obj = CMCObjective(views=["a", "b"], graph="full", score="nce", n_data=20, dim=4, K=5)
+        obj = CMCObjective(views=["a", "b"], graph="full", score="nce", **TWO_RANKS)
         index = torch.tensor([2 * rank, 2 * rank + 1])  # each rank its own clips
         z = {"a": unit(2, 4, seed=rank), "b": unit(2, 4, seed=10 + rank)}
-        obj(z, index, torch.Generator().manual_seed(rank))
+        loss, _ = obj(z, index, torch.Generator().manual_seed(7))  # one seed on every rank, as the trainer's
         obj.update(z, index)
         torch.save(
-            {"gathered": gathered, "mean": mean, "broadcast": broadcast, "state": obj.state_dict()},
+            {"gathered": gathered, "mean": mean, "broadcast": broadcast, "state": obj.state_dict(),
+             "loss": loss.item(), "drawn": drawn},
             f"{out_dir}/{rank}.pt",
-        )
+        )  # fmt: skip
     finally:
         distributed.cleanup()
 
@@ -421,10 +527,38 @@ def test_two_ranks_agree_on_banks_and_z(tmp_path):
     assert r0["broadcast"] == r1["broadcast"] == {"from": 0}
     for key in r0["state"]:
         assert torch.equal(r0["state"][key], r1["state"][key]), key
-    # both ranks applied both ranks' embeddings to their banks
-    expected = CMCObjective(views=["a", "b"], graph="full", n_data=20, dim=4, K=5).banks.a.clone()
-    update_bank(expected, torch.arange(4), torch.cat([unit(2, 4, seed=0), unit(2, 4, seed=1)]), 0.5)
-    assert torch.allclose(r0["state"]["banks.a"], expected)
+
+    # both ranks drew the same negatives: those of the global batch 0..3, one row per clip
+    n, K, tau = TWO_RANKS["n_data"], TWO_RANKS["K"], TWO_RANKS["tau"]
+    assert len(r0["drawn"]) == len(r1["drawn"]) == 1
+    neg = r0["drawn"][0]
+    assert neg.shape == (4, K) and torch.equal(neg, r1["drawn"][0])
+    assert all(j not in row for j, row in enumerate(neg.tolist()))  # never a clip's own row
+
+    # the global batch and the banks before the step, by hand
+    z = {v: torch.cat([unit(2, 4, seed=s), unit(2, 4, seed=s + 1)]) for v, s in (("a", 0), ("b", 10))}  # rank order
+    init = CMCObjective(views=["a", "b"], graph="full", **TWO_RANKS).banks  # the seeded start, the same on every rank
+    before = {v: init.get_buffer(v).double().tolist() for v in "ab"}
+    # Z per direction from the logits of the whole global batch; rank r scores its rows 2r, 2r+1 with it
+    rows = {d: bank_rows_by_hand(z[x], init.get_buffer(y), torch.arange(4), neg, tau)
+            for d, (x, y) in enumerate((("a", "b"), ("b", "a")))}  # fmt: skip
+    Z = {d: z_batch_by_hand(rows[d], n) for d in rows}
+    for d in (0, 1):
+        assert r0["state"]["log_z"][0, d].exp().item() == pytest.approx(Z[d], rel=1e-5), d
+    for rank, result in enumerate((r0, r1)):
+        expected = sum(binary_nce_by_hand(rows[d][2 * rank : 2 * rank + 2], Z[d], n) for d in (0, 1))
+        assert result["loss"] == pytest.approx(expected, rel=1e-5), rank
+
+    # both ranks applied both ranks' embeddings to their banks: row j = normalize(m bank[j] + (1 - m) z_j)
+    for v in "ab":
+        bank = r0["state"][f"banks.{v}"].double().tolist()
+        for j in range(n):
+            if j < 4:
+                mixed = [0.3 * b + 0.7 * x for b, x in zip(before[v][j], z[v][j].double().tolist(), strict=True)]
+                norm = math.sqrt(sum(x * x for x in mixed))
+                assert bank[j] == pytest.approx([x / norm for x in mixed], abs=1e-6), (v, j)
+            else:
+                assert bank[j] == before[v][j], (v, j)  # untouched rows stay as they were
 
 
 # --- every objective behind one interface -------------------------------------------------------
@@ -490,10 +624,13 @@ def test_cmc_loss_embeds_every_view_and_update_uses_that_batch(tmp_path, negativ
     o = objective_cfg(o, name="cmc", negatives=negatives, K=4, momentum=0.0)
     obj = build_objective(o, ["rgb", "flow"], model, n_data=10, sample_item={}, num_classes=3)
     assert list(obj.parameters()) == []  # the banks are state, not trained
+    banks = {v: obj.banks.get_buffer(v).clone() for v in ("rgb", "flow")} if negatives == "memory_bank" else None
     loss, stats = obj.loss(model, batch, torch.Generator().manual_seed(1))
-    z = model(batch)
-    same, _ = obj(z, batch["index"], torch.Generator().manual_seed(1))
-    assert loss.item() == pytest.approx(same.item(), rel=1e-6) and "loss/rgb-flow" in stats
+    z = model(batch)  # the embeddings of every view, by hand: the loss must be theirs, at the batch's indices
+    neg = sample_negatives(batch["index"], 10, 4, torch.Generator().manual_seed(1)) if banks else None
+    by_hand = pair_loss_by_hand(z, banks, batch["index"], neg, o.tau, "rgb", "flow")
+    assert loss.item() == pytest.approx(by_hand, rel=1e-5)
+    assert stats["loss/rgb-flow"] == pytest.approx(by_hand, rel=1e-5)
     loss.backward()
     assert obj.uses_whole_model and all(p.grad is not None for p in model.parameters())
     obj.update()  # momentum 0: the rows of this batch become its embeddings

@@ -8,16 +8,18 @@ probs.pt) with plain code, so a wrong aggregation or a report that disagrees wit
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mvcoding import transfer
+from mvcoding import reports, transfer
 from mvcoding.config import CONFIG_DIR, load_config
 from mvcoding.errors import UserError
 from mvcoding.model import MultiViewModel, build_views
@@ -87,6 +89,48 @@ def test_recall_at_k_matches_a_plain_loop():
 def test_confusion_matrix_counts():
     cm = confusion_matrix(torch.tensor([0, 1, 1, 2, 0]), torch.tensor([0, 1, 2, 2, 2]), 3)
     assert cm.tolist() == [[1, 0, 0], [0, 1, 0], [1, 1, 1]]
+
+
+def test_classification_report_on_constructed_logits(tmp_path):
+    """report_classification on logits (6 clips x 2 crops x 3 classes) made so that the levels differ:
+    clip probabilities are the mean of the crops' softmax (not of their logits, not the first crop's),
+    video probabilities the mean of the clips'. By hand: clip top-1 3/6, video top-1 2/3."""
+    crops = [  # per clip: the logits of its two crops; clips 2v, 2v+1 belong to video v of label v
+        ([0.0, -100.0, 0.0], [0.0, 10.0, 0.0]),  # softmax mean -> 1 (wrong); logit mean and crop 0 -> 0
+        ([5.0, 0.0, 0.0], [5.0, 0.0, 0.0]),  # -> 0 (right)
+        ([0.0, 3.0, 0.0], [0.0, 3.0, 0.0]),  # -> 1 (right)
+        ([2.0, 0.0, 0.0], [2.0, 0.0, 0.0]),  # -> 0 (wrong); video 1: 1 (right)
+        ([4.0, 0.0, 0.0], [4.0, 0.0, 0.0]),  # -> 0 (wrong)
+        ([0.0, 0.0, 1.0], [0.0, 0.0, 1.0]),  # -> 2 (right); video 2: 0 (wrong)
+    ]
+    labels, video = [0, 0, 1, 1, 2, 2], [0, 0, 1, 1, 2, 2]
+
+    def softmax(row):
+        e = [math.exp(v) for v in row]
+        return [v / sum(e) for v in e]
+
+    def mean(p, q):
+        return [(a + b) / 2 for a, b in zip(p, q, strict=True)]
+
+    clip_probs = [mean(softmax(c0), softmax(c1)) for c0, c1 in crops]
+    video_probs = [mean(clip_probs[2 * v], clip_probs[2 * v + 1]) for v in range(3)]
+    clip_hits = sum(max(range(3), key=p.__getitem__) == y for p, y in zip(clip_probs, labels, strict=True))
+    video_hits = sum(max(range(3), key=video_probs[v].__getitem__) == v for v in range(3))
+    assert (clip_hits, video_hits) == (3, 2)
+
+    index = SimpleNamespace(name="toy", split=2, classes=["a", "b", "c"], train=[],
+                            test=[SimpleNamespace(video_id=f"v{v}") for v in range(3)])  # fmt: skip
+    run = {"x": torch.tensor(crops), "label": torch.tensor(labels), "video": torch.tensor(video)}
+    metrics = reports.report_classification(tmp_path, "linear", run, index, checkpoint=None, sha256=None,
+                                            protocol={"views": ["rgb"]}, files=[])  # fmt: skip
+    assert metrics == pytest.approx({"video_top1": 2 / 3, "clip_top1": 0.5}, abs=1e-7)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["metrics"] == {"video_top1": 0.666667, "clip_top1": 0.5}
+    assert results["split"] == 2 and results["num_test"] == 3 and results["num_classes"] == 3
+    saved = torch.load(tmp_path / "probs.pt", weights_only=True)
+    assert saved["labels"].tolist() == [0, 1, 2] and saved["video_ids"] == ["v0", "v1", "v2"]
+    torch.testing.assert_close(saved["clip_probs"].double(), torch.tensor(clip_probs, dtype=torch.float64))
+    torch.testing.assert_close(saved["probs"].double(), torch.tensor(video_probs, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("height, width", [(32, 48), (48, 32), (30, 30)])
@@ -249,10 +293,30 @@ def test_linear_results_agree_with_the_saved_features(tiny, linear_run):
     assert torch.equal(saved["labels"], labels)
     video_top1 = sum(int(video_probs[v].argmax() == labels[v]) for v in range(6)) / 6
     clip_top1 = sum(int(clip_probs[i].argmax() == labels[i // 2]) for i in range(12)) / 12
-    assert results["metrics"]["video_top1"] == pytest.approx(video_top1, abs=1e-6)
-    assert results["metrics"]["clip_top1"] == pytest.approx(clip_top1, abs=1e-6)
-    # the classes differ by colour: even this encoder separates them
-    assert results["metrics"]["video_top1"] >= 2 / 3
+    assert results["metrics"]["video_top1"] == round(video_top1, 6)  # results.json keeps 6 digits
+    assert results["metrics"]["clip_top1"] == round(clip_top1, 6)
+    # the features are the checkpoint's encoder on the eval clips (a random encoder's are not): by hand
+    encoder = build_views(tiny.cfg(), ["rgb"])["rgb"].build_encoder()
+    encoder.load_state_dict({k.removeprefix("encoders.rgb."): v for k, v in tiny.state.items()
+                             if k.startswith("encoders.rgb.")})  # fmt: skip
+    s = transfer.prepare(tiny.cfg(), tiny.checkpoint, random_init=False)
+    clips = EvalClips(s.index.test, s.views, s.lengths, frames=4, stride=2, clips=2, crops=3)
+    with torch.no_grad():
+        for i in (0, 5, 11):
+            torch.testing.assert_close(feats["test"]["x"][i], encoder.eval()(clips[i]["rgb"]), rtol=1e-4, atol=1e-5)
+
+
+def test_results_json_holds_fractional_accuracies_to_6_digits(tiny, linear_run, tmp_path):
+    """One test video listed under another class: the probe (which gets every video right, see linear_run)
+    now scores 5/6 at video level and 10/12 at clip level, which results.json keeps as 0.833333."""
+    assert json.loads((linear_run / "results.json").read_text())["metrics"] == {"video_top1": 1.0, "clip_top1": 1.0}
+    lines = (tiny.root / "test.txt").read_text().splitlines()
+    path, label = lines[0].split()
+    (tiny.root / "test_mislabelled.txt").write_text("\n".join([f"{path} {(int(label) + 1) % 3}", *lines[1:]]) + "\n")
+    out = tmp_path / "mislabelled"
+    over = {"run.dir": out, "dataset.test_list": "test_mislabelled.txt"}
+    transfer.evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **over))
+    assert json.loads((out / "results.json").read_text())["metrics"] == {"video_top1": 0.833333, "clip_top1": 0.833333}
 
 
 def test_features_are_reused_for_the_same_run_dir(tiny, linear_run, monkeypatch):
@@ -274,6 +338,118 @@ def test_random_init_is_a_different_encoder(random_run, linear_run):
     a = torch.load(random_run / "features.pt", weights_only=True)["test"]["x"]
     b = torch.load(linear_run / "features.pt", weights_only=True)["test"]["x"]
     assert a.shape == b.shape and not torch.allclose(a, b)
+
+
+def test_linear_probe_fits_on_train_features_only(tiny, linear_run, tmp_path, monkeypatch):
+    """The probe's standardisation and weights come from the train features alone: the same train
+    features with other test features (scaled, shifted, noisy) give the same classifier, and its mean
+    and std are the train features' statistics, by hand."""
+    out = tmp_path / "other_test"
+    out.mkdir()
+    feats = torch.load(linear_run / "features.pt", weights_only=True)
+    noise = torch.randn(feats["test"]["x"].shape, generator=torch.Generator().manual_seed(0))
+    feats["test"]["x"] = feats["test"]["x"] * 30 + 5 + 10 * noise
+    torch.save(feats, out / "features.pt")  # the same cache key: reused as it is
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("features were extracted again")
+
+    monkeypatch.setattr(transfer, "run_clips", no_extraction)
+    transfer.evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **{"run.dir": out}))
+    ours = torch.load(out / "classifier.pt", weights_only=True)
+    ref = torch.load(linear_run / "classifier.pt", weights_only=True)
+    for key in ("weight", "bias", "mean", "std"):
+        assert torch.equal(ours[key], ref[key]), key
+    x = feats["train"]["x"].flatten(0, 1).double()  # every train clip and crop: (N * K, D)
+    mean = x.sum(0) / len(x)
+    std = ((x - mean) ** 2).sum(0).div(len(x)).sqrt().clamp_min(1e-6)  # population std
+    torch.testing.assert_close(ours["mean"].double(), mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours["std"].double(), std, rtol=1e-4, atol=1e-6)
+    # and the test scores are those of the new test features
+    probs = torch.load(out / "probs.pt", weights_only=True)["clip_probs"]
+    z = (feats["test"]["x"] - ours["mean"]) / ours["std"]
+    torch.testing.assert_close(probs, (z @ ours["weight"].T + ours["bias"]).softmax(-1).mean(1), rtol=1e-4, atol=1e-6)
+
+
+def test_eval_with_loader_workers_gives_the_same_features(tiny, linear_run, tmp_path, monkeypatch):
+    """data.workers=2: the clips are decoded in worker processes, in order; features and metrics as with none."""
+    loaders, make = [], transfer.make_loader
+
+    def recording(*args, **kwargs):
+        loaders.append(make(*args, **kwargs))
+        return loaders[-1]
+
+    monkeypatch.setattr(transfer, "make_loader", recording)
+    out = tmp_path / "workers"
+    transfer.evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **{"run.dir": out, "data.workers": 2}))
+    assert [loader.num_workers for loader in loaders] == [2, 2]  # train and test features
+    ours = torch.load(out / "features.pt", weights_only=True)
+    ref = torch.load(linear_run / "features.pt", weights_only=True)
+    for split in ("train", "test"):
+        for key in ("x", "label", "video"):
+            assert torch.equal(ours[split][key], ref[split][key]), (split, key)
+    metrics = json.loads((out / "results.json").read_text())["metrics"]
+    assert metrics == json.loads((linear_run / "results.json").read_text())["metrics"]
+
+
+@pytest.fixture(scope="module")
+def two_view(tiny):
+    """The tiny dataset's flow cache filled and a checkpoint with an rgb and a flow encoder."""
+    from mvcoding.precompute import main as precompute
+
+    assert precompute(["flow", str(tiny.config), "precompute.workers=1"]) == 0
+    cfg = tiny.cfg()
+    torch.manual_seed(7)
+    model = MultiViewModel(build_views(cfg, ["rgb", "flow"]), 16)
+    path = tiny.root.parent / "pretrain2" / "last.pt"
+    path.parent.mkdir()
+    torch.save({"model": model.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True),
+                "views": ["rgb", "flow"], "step": 0}, path)  # fmt: skip
+    return path, model.state_dict()
+
+
+def test_flow_view_and_rgb_flow_fusion_in_eval(tiny, two_view, tmp_path):
+    """Linear probes on the flow encoder, the rgb encoder and both (features concatenated, rgb first),
+    then `mvcoding eval fuse` of the rgb and flow probes: the mean of their video probabilities."""
+    from mvcoding.cli import main
+
+    checkpoint, state = two_view
+    runs = {}
+    for name, views in (("flow", "[flow]"), ("rgb", "[rgb]"), ("both", "[rgb,flow]")):
+        runs[name] = tmp_path / name
+        over = {"checkpoint": checkpoint, "run.dir": runs[name], "eval.views": views, "eval.crops": 1}
+        transfer.evaluate("linear", tiny.cfg(**over))
+    feats = {n: torch.load(r / "features.pt", weights_only=True) for n, r in runs.items()}
+    assert feats["flow"]["test"]["x"].shape == (12, 1, 256)
+    for split in ("train", "test"):
+        both = torch.cat([feats["rgb"][split]["x"], feats["flow"][split]["x"]], dim=-1)
+        assert torch.equal(feats["both"][split]["x"], both), split
+    # the flow features are the checkpoint's flow encoder on the cached flow of each clip, by hand
+    s = transfer.prepare(tiny.cfg(**{"eval.views": "[flow]"}), checkpoint, random_init=False)
+    clips = EvalClips(s.index.test, s.views, s.lengths, frames=4, stride=2, clips=2, crops=1)
+    encoder = s.views["flow"].build_encoder()
+    encoder.load_state_dict({k.removeprefix("encoders.flow."): v for k, v in state.items()
+                             if k.startswith("encoders.flow.")})  # fmt: skip
+    with torch.no_grad():
+        for i in (0, 7):
+            x = clips[i]["flow"]
+            assert x.shape == (1, 2, 4, 32, 32) and x.abs().max() > 0  # the square moves: non-zero flow
+            torch.testing.assert_close(feats["flow"]["test"]["x"][i], encoder.eval()(x), rtol=1e-4, atol=1e-5)
+    for name in ("flow", "both"):
+        assert json.loads((runs[name] / "results.json").read_text())["protocol"]["views"] == (
+            ["flow"] if name == "flow" else ["rgb", "flow"]
+        )
+
+    fused = tmp_path / "fused"
+    a, b = runs["rgb"] / "results.json", runs["flow"] / "results.json"
+    assert main(["eval", "fuse", str(a), str(b), f"--out={fused}"]) == 0
+    pa, pb = (torch.load(r / "probs.pt", weights_only=True) for r in (runs["rgb"], runs["flow"]))
+    probs = (pa["probs"] + pb["probs"]) / 2
+    top1 = sum(int(probs[v].argmax() == pa["labels"][v]) for v in range(6)) / 6
+    results = json.loads((fused / "results.json").read_text())
+    assert results["metrics"]["video_top1"] == round(top1, 6) and results["checkpoint"] == str(checkpoint)
+    assert results["protocol"]["streams"] == ["rgb (linear)", "flow (linear)"]
+    torch.testing.assert_close(torch.load(fused / "probs.pt", weights_only=True)["probs"], probs)
 
 
 def test_retrieval_recall_agrees_with_a_plain_loop(tiny, tmp_path):
@@ -304,7 +480,8 @@ def test_finetune_trains_the_backbone_at_its_own_rate(tiny, tmp_path, mult):
     assert saved["clip_probs"].shape == (12, 3) and torch.allclose(saved["clip_probs"].sum(1), torch.ones(12))
     video_probs = saved["clip_probs"].view(6, 2, 3).mean(1)
     assert torch.allclose(video_probs, saved["probs"], atol=1e-6)
-    assert results["metrics"]["video_top1"] == pytest.approx(topk_accuracy(video_probs, saved["labels"]), abs=1e-6)
+    hits = sum(int(video_probs[v].argmax() == saved["labels"][v]) for v in range(6))
+    assert results["metrics"]["video_top1"] == round(hits / 6, 6)
     tuned = torch.load(out / "finetuned.pt", weights_only=True)
     before, after = tiny.state["encoders.rgb.features.0.weight"], tuned["encoder"]["features.0.weight"]
     assert torch.equal(before, after) == (mult == 0.0)
