@@ -37,6 +37,21 @@ def build_views(cfg: DictConfig, names=None) -> dict[str, View]:
     return views
 
 
+def device_inputs(views: dict[str, View], batch: dict, device, *, channels_last: bool = False) -> dict:
+    """The batch's view tensors on `device` (non-blocking copies: pinned memory overlaps them), each passed
+    through its view's device_transform (uint8 -> normalised float, on the device); 5-D inputs in
+    channels_last_3d when asked."""
+    out = {}
+    for name, view in views.items():
+        x = batch[name].to(device, non_blocking=True)
+        if view.device_transform is not None:
+            x = view.device_transform(x)
+        if channels_last and x.dim() == 5:
+            x = x.to(memory_format=torch.channels_last_3d)
+        out[name] = x
+    return out
+
+
 def build_encoder_of(name: str, view: View) -> nn.Module:
     """view.build_encoder(), its UserErrors prefixed with the view's key (`views.rgb.width=4 ...`)."""
     try:

@@ -110,7 +110,7 @@ def make_monitor(cfg: DictConfig, views: dict[str, View]) -> Monitor | None:
         was_training = {n: m.training for n, m in modules.items()}
         try:
             feats = {
-                split: run_clips(modules, loader, device, desc=f"kNN monitor {split}")
+                split: run_clips(modules, loader, device, desc=f"kNN monitor {split}", views=views)
                 for split, loader in loaders.items()
             }
         finally:

@@ -155,7 +155,11 @@ class View:
 
     decode(clip) -> Tensor, in DataLoader workers on the CPU (no CUDA): usually (C, T, H, W). None for a
         view with a precompute stage: build_view sets it to read the view's cache, (C, T, H, W) as stored.
-    transform(x, aug) -> Tensor: the model input for one item, e.g. (C, T, size, size) float32.
+    transform(x, aug) -> Tensor: one item as the DataLoader workers hand it over, e.g. (C, T, size, size):
+        cropped, resized and flipped; the model input itself unless the view has a device_transform.
+    device_transform(x) -> Tensor: optional, batched, on the model's device: (B, ...) as transform made it
+        (e.g. uint8, 4x fewer bytes to collate and copy than float32) -> the model input (B, C, T, H, W) float;
+        any leading dims (eval stacks crops: (B, K, ...)). model_input(view, x) applies it to one item.
     build_encoder() -> nn.Module mapping the batched input (B, ...) to features (B, feat_dim);
         the module has an int attribute `feat_dim`.
     check(records) -> None: optional, run once before training/eval (e.g. that a cache is filled);
@@ -176,6 +180,12 @@ class View:
     precompute: Precompute | None = None
     cache: object = None  # the mvcoding.cache.CacheReader of the precompute stage (set by build_view)
     source: str | None = None
+    device_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+def model_input(view: View, x: torch.Tensor) -> torch.Tensor:
+    """One transformed item (C, T, H, W) as the encoder sees it: device_transform applied (on x's device)."""
+    return x if view.device_transform is None else view.device_transform(x.unsqueeze(0))[0]
 
 
 _VIEWS: dict[str, Callable[..., View]] = {}

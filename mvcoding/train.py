@@ -33,11 +33,11 @@ from mvcoding.data import EpochSampler, MultiViewClips, make_loader, video_lengt
 from mvcoding.datasets import DatasetIndex, load_dataset
 from mvcoding.errors import Stopped, UserError
 from mvcoding.files import load_safe, save_atomic, write_text_atomic
-from mvcoding.model import MultiViewModel, build_views
+from mvcoding.model import MultiViewModel, build_views, device_inputs
 from mvcoding.monitor import Monitor, make_monitor, monitor_every
 from mvcoding.objectives import CMCObjective, build_objective
 from mvcoding.optim import build_optimizer, lr_factor
-from mvcoding.registry import View
+from mvcoding.registry import View, model_input
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,12 @@ def setup(cfg: DictConfig) -> tuple[Run, Position]:
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     objective = build_objective(
-        cfg.objective, list(views), model, n_data=len(data), sample_item=data[0], num_classes=len(index.classes)
+        cfg.objective,
+        list(views),
+        model,
+        n_data=len(data),
+        sample_item=model_item(views, data[0]),
+        num_classes=len(index.classes),
     ).to(device)
     o = cfg.optim
     params = [*model.parameters(), *objective.parameters()]
@@ -490,12 +495,16 @@ def loop(run: Run, pos: Position, logger: MetricsLogger | None, stop: StopOnSign
             end_of_epoch(run, pos, logger)
 
 
+def model_item(views: dict[str, View], item: dict) -> dict:
+    """One dataset item as the model sees it (device transforms applied on the CPU): shapes for the objective."""
+    return {k: model_input(views[k], v) if k in views else v for k, v in item.items()}
+
+
 def to_device(run: Run, batch: dict) -> dict:
-    """The batch's views, "index" and "label" on the run's device; 5-D views channels_last when set."""
-    out = {k: batch[k].to(run.device, non_blocking=True) for k in (*run.views, "index", "label")}
-    if run.channels_last:
-        out |= {n: out[n].to(memory_format=torch.channels_last_3d) for n in run.views if out[n].dim() == 5}
-    return out
+    """The batch's views (through their device_transform), "index" and "label" on the run's device; 5-D
+    views channels_last when set."""
+    out = device_inputs(run.views, batch, run.device, channels_last=run.channels_last)
+    return out | {k: batch[k].to(run.device, non_blocking=True) for k in ("index", "label")}
 
 
 def train_step(run: Run, batch: dict, pos: Position) -> tuple[Tensor, dict[str, float]]:

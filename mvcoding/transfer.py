@@ -220,8 +220,9 @@ def eval_loader(s: EvalSetup, records, views: dict[str, View], clips: int):
 
 
 @torch.no_grad()
-def run_clips(modules: dict[str, nn.Module], loader, device: torch.device, desc: str) -> dict:
-    """Outputs of every eval clip and crop: {"x": (N, K, D) (views concatenated), "label", "video"} (N,)."""
+def run_clips(modules: dict[str, nn.Module], loader, device: torch.device, desc: str, views=None) -> dict:
+    """Outputs of every eval clip and crop: {"x": (N, K, D) (views concatenated), "label", "video"} (N,).
+    views: {name: View} whose device_transform turns the loader's items into the modules' input."""
     for m in modules.values():
         m.to(device).eval()
     xs, labels, videos = [], [], []
@@ -229,6 +230,8 @@ def run_clips(modules: dict[str, nn.Module], loader, device: torch.device, desc:
         parts = []
         for name, module in modules.items():
             x = batch[name].to(device, non_blocking=True)  # (B, K, ...)
+            if views is not None and views[name].device_transform is not None:
+                x = views[name].device_transform(x)
             parts.append(module(x.flatten(0, 1)).float().view(x.shape[0], x.shape[1], -1).cpu())
         xs.append(torch.cat(parts, dim=-1))
         labels.append(batch["label"])
@@ -259,7 +262,7 @@ def clip_features(s: EvalSetup, out: Path) -> dict:
     feats = {"key": key}
     for split, records, clips in (("train", s.index.train, e.train_clips), ("test", s.index.test, e.clips)):
         loader = eval_loader(s, records, s.views, int(clips))
-        feats[split] = run_clips(s.encoders, loader, s.device, desc=f"features {split}")
+        feats[split] = run_clips(s.encoders, loader, s.device, desc=f"features {split}", views=s.views)
     log.info("features: train %s, test %s (clips x crops x dim) in %.0f s",
              tuple(feats["train"]["x"].shape), tuple(feats["test"]["x"].shape), time.perf_counter() - t0)  # fmt: skip
     save_atomic(json.loads(json.dumps({"key": key})) | {k: feats[k] for k in ("train", "test")}, path)
@@ -382,6 +385,8 @@ def finetune(cfg: DictConfig, out: Path) -> dict:
         loss_sum, correct, seen = 0.0, 0, 0
         for batch in reports.progress(loader, desc=f"finetune epoch {epoch + 1}/{ft.epochs}"):
             x, y = batch[name].to(s.device, non_blocking=True), batch["label"].to(s.device)
+            if s.views[name].device_transform is not None:
+                x = s.views[name].device_transform(x)
             with autocast:
                 logits = model(x).float()
             loss = F.cross_entropy(logits, y)
@@ -401,7 +406,7 @@ def finetune(cfg: DictConfig, out: Path) -> dict:
     save_atomic({"encoder": encoder.state_dict(), "head": head.state_dict(), "view": name,
                          "classes": s.index.classes}, out / "finetuned.pt")  # fmt: skip
     test = run_clips({name: model}, eval_loader(s, s.index.test, {name: s.views[name]}, int(cfg.eval.clips)),
-                     s.device, desc="finetune test")  # fmt: skip
+                     s.device, desc="finetune test", views={name: s.views[name]})  # fmt: skip
     proto = protocol(s, [name], epochs=int(ft.epochs), lr=ft.lr, backbone_lr_mult=ft.backbone_lr_mult,
                      dropout=ft.dropout, batch_size=b, optimizer=ft.optimizer, train_scale=list(cfg.data.scale),
                      train_flip=bool(cfg.data.flip))  # fmt: skip

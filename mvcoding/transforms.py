@@ -57,9 +57,9 @@ def crop_resize(x: torch.Tensor, crop, size: int) -> torch.Tensor:
 
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
-    """Per-channel (x - mean) / std on (C, T, H, W)."""
-    mean = torch.as_tensor(mean, dtype=x.dtype).view(-1, 1, 1, 1)
-    std = torch.as_tensor(std, dtype=x.dtype).view(-1, 1, 1, 1)
+    """Per-channel (x - mean) / std on (..., C, T, H, W) (channels at dim -4), on x's device."""
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1, 1)
     return (x - mean) / std
 
 
@@ -72,9 +72,10 @@ def rgb_to_lab(x: torch.Tensor) -> torch.Tensor:
     m = torch.tensor(
         [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]],
         dtype=x.dtype,
+        device=x.device,
     )
     xyz = torch.einsum("ij,...jthw->...ithw", m, rgb)
-    xyz = xyz / torch.tensor([0.950456, 1.0, 1.088754], dtype=x.dtype).view(3, 1, 1, 1)
+    xyz = xyz / torch.tensor([0.950456, 1.0, 1.088754], dtype=x.dtype, device=x.device).view(3, 1, 1, 1)
     eps = 0.008856
     f = torch.where(xyz > eps, xyz.clamp(min=1e-12) ** (1 / 3), 7.787 * xyz + 16 / 116)
     fx, fy, fz = f.unbind(-4)

@@ -24,7 +24,7 @@ from mvcoding.datasets import load_dataset
 from mvcoding.errors import UserError
 from mvcoding.model import build_views
 from mvcoding.precompute import main as precompute
-from mvcoding.registry import Aug, Clip, has_precompute, list_views
+from mvcoding.registry import Aug, Clip, has_precompute, list_views, model_input
 
 # (view, its settings): every registered view cached by default, and the views cached on request
 CASES = [(name, "{}") for name in list_views() if has_precompute(name)]
@@ -85,7 +85,7 @@ def test_round_trip_into_decode_and_transform(dataset, name):
     if view.precompute.unpack is not None:  # encoded entries (JPEG)
         stored = view.precompute.unpack(stored)
     assert torch.equal(x, torch.from_numpy(stored).permute(1, 0, 2, 3))
-    y = view.transform(x, Aug(train=True, crop=(0.1, 0.1, 0.8, 0.8), flip=True))
+    y = model_input(view, view.transform(x, Aug(train=True, crop=(0.1, 0.1, 0.8, 0.8), flip=True)))
     assert y.dtype == torch.float32 and y.shape == (view.channels, 4, 32, 32) and torch.isfinite(y).all()
 
 

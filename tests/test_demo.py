@@ -53,7 +53,7 @@ def test_demo_writes_the_summary_contract(tmp_path, capsys):
     random = torch.load(run / "eval-random" / "features.pt", weights_only=True)["test"]["x"]
     with torch.no_grad():
         for i in (0, 9):
-            expected = encoder.eval()(clips[i]["rgb"])
+            expected = encoder.eval()(s.views["rgb"].device_transform(clips[i]["rgb"]))  # (crops, C, T, H, W)
             torch.testing.assert_close(cmc[i], expected, rtol=1e-4, atol=1e-5)
             assert not torch.allclose(random[i], expected, rtol=1e-2, atol=1e-3)
 

@@ -14,6 +14,7 @@ from mvcoding.config import load_config
 from mvcoding.errors import UserError
 from mvcoding.model import build_views
 from mvcoding.monitor import knn_predict, make_monitor
+from mvcoding.registry import model_input
 from mvcoding.train import train
 
 
@@ -130,7 +131,7 @@ def test_monitor_scores_every_view_and_restores_train_mode(synthetic_root):
         encoder.eval()
         with torch.no_grad():
             feats = {
-                split: torch.cat([encoder(clip[name]) for clip in EvalClips(
+                split: torch.cat([encoder(model_input(views[name], clip[name])) for clip in EvalClips(
                     records, {name: views[name]}, lengths, frames=4, stride=1, clips=1, crops=1)])
                 for split, records in (("train", index.train), ("test", index.test))
             }  # fmt: skip

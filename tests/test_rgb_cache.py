@@ -15,7 +15,7 @@ from mvcoding.data import MultiViewClips, video_lengths
 from mvcoding.datasets import load_dataset
 from mvcoding.model import build_views
 from mvcoding.precompute import main as precompute
-from mvcoding.registry import Clip
+from mvcoding.registry import Clip, model_input
 from mvcoding.train import train
 from mvcoding.video import read_frames
 
@@ -76,7 +76,8 @@ def test_views_of_the_same_frames_decode_once_per_item(root, cached, monkeypatch
         v.decode = lambda clip, inner=inner: calls.append(clip.video_id) or inner(clip)
     item = data[3]
     assert len(calls) == 1 and set(item) >= {"rgb", "lab_l", "lab_ab"}
-    assert item["rgb"].shape == (3, 4, 32, 32) and item["lab_ab"].shape == (2, 4, 32, 32)
+    assert item["rgb"].shape == item["lab_ab"].shape == (3, 4, 32, 32)  # uint8 crops; Lab on the device
+    assert model_input(views["lab_ab"], item["lab_ab"]).shape == (2, 4, 32, 32)
 
 
 def test_training_from_the_rgb_and_flow_caches_opens_no_video(root, tmp_path, monkeypatch):

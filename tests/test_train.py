@@ -235,13 +235,15 @@ def test_predictive_baseline_trains(synthetic_root, tmp_path):
     model.load_state_dict(ckpt["model"])
     item = data[order[0]]
     decoder = PredictiveDecoder(in_features=model.encoders["rgb"].feat_dim, out_shape=tuple(item["flow"].shape))
+    rgb_input = views["rgb"].device_transform  # the workers' uint8 clips -> the encoder's input
     decoder.load_state_dict({k.removeprefix("decoder."): v for k, v in ckpt["objective"].items()})
     model.train(), decoder.train()  # as in training: batch statistics
     with torch.no_grad():
         for step, start in ((1, 0), (2, 4)):
             items = [data[i] for i in order[start : start + 4]]
             rgb, flow = (torch.stack([it[v] for it in items]) for v in ("rgb", "flow"))
-            l1 = (decoder(model.encoders["rgb"](rgb)) - flow).abs().mean().item()
+            target = views["flow"].device_transform(flow)  # codes -> flow / bound, as the objective sees it
+            l1 = (decoder(model.encoders["rgb"](rgb_input(rgb))) - target).abs().mean().item()
             assert rows[step]["loss/rgb->flow"] == pytest.approx(l1, rel=1e-4), step
             assert rows[step]["loss"] == pytest.approx(l1, rel=1e-4), step
 

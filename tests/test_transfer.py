@@ -303,7 +303,8 @@ def test_linear_results_agree_with_the_saved_features(tiny, linear_run):
     clips = EvalClips(s.index.test, s.views, s.lengths, frames=4, stride=2, clips=2, crops=3)
     with torch.no_grad():
         for i in (0, 5, 11):
-            torch.testing.assert_close(feats["test"]["x"][i], encoder.eval()(clips[i]["rgb"]), rtol=1e-4, atol=1e-5)
+            x = s.views["rgb"].device_transform(clips[i]["rgb"])  # (crops, 3, T, H, W) uint8 -> the encoder's input
+            torch.testing.assert_close(feats["test"]["x"][i], encoder.eval()(x), rtol=1e-4, atol=1e-5)
 
 
 def test_results_json_holds_fractional_accuracies_to_6_digits(tiny, linear_run, tmp_path):
@@ -432,7 +433,7 @@ def test_flow_view_and_rgb_flow_fusion_in_eval(tiny, two_view, tmp_path):
                              if k.startswith("encoders.flow.")})  # fmt: skip
     with torch.no_grad():
         for i in (0, 7):
-            x = clips[i]["flow"]
+            x = s.views["flow"].device_transform(clips[i]["flow"])  # the workers' codes -> the encoder's input
             assert x.shape == (1, 2, 4, 32, 32) and x.abs().max() > 0  # the square moves: non-zero flow
             torch.testing.assert_close(feats["flow"]["test"]["x"][i], encoder.eval()(x), rtol=1e-4, atol=1e-5)
     for name in ("flow", "both"):

@@ -16,7 +16,7 @@ from mvcoding.config import CONFIG_DIR, load_config
 from mvcoding.datasets import load_dataset
 from mvcoding.errors import UserError
 from mvcoding.model import view_context
-from mvcoding.registry import Aug, Clip, ViewContext, build_view, list_views, view_settings, view_source
+from mvcoding.registry import Aug, Clip, ViewContext, build_view, list_views, model_input, view_settings, view_source
 from mvcoding.train import train
 
 FOUR = str(CONFIG_DIR / "synthetic_4view.yaml")
@@ -61,7 +61,7 @@ def test_view_contract(name, setup):
         view.check(records)
     x = view.decode(clip)
     assert isinstance(x, torch.Tensor)
-    items = [view.transform(x, TRAIN_AUG), view.transform(x, EVAL_AUG), view.transform(x, Aug(train=True))]
+    items = [model_input(view, view.transform(x, aug)) for aug in (TRAIN_AUG, EVAL_AUG, Aug(train=True))]
     for y in items:
         assert y.shape == items[0].shape and y.shape[0] == view.channels, (y.shape, view.channels)
         assert y.dtype == torch.float32 and torch.isfinite(y).all()
@@ -80,8 +80,8 @@ def test_flow_flip_negates_x(setup):
     ctx, _, clip = setup
     view = build_view("flow", ctx)
     x = view.decode(clip)
-    plain = view.transform(x, Aug(train=True, crop=(0.0, 0.0, 1.0, 1.0), flip=False))
-    flipped = view.transform(x, Aug(train=True, crop=(0.0, 0.0, 1.0, 1.0), flip=True))
+    plain = model_input(view, view.transform(x, Aug(train=True, crop=(0.0, 0.0, 1.0, 1.0), flip=False)))
+    flipped = model_input(view, view.transform(x, Aug(train=True, crop=(0.0, 0.0, 1.0, 1.0), flip=True)))
     assert plain[0].abs().max() > 0  # the clip moves
     torch.testing.assert_close(flipped[0], -plain[0].flip(-1))
     torch.testing.assert_close(flipped[1], plain[1].flip(-1))
@@ -91,8 +91,9 @@ def test_lab_of_a_grey_clip_has_no_colour():
     ctx = ViewContext(dataset="synthetic", root="/none", cache_dir="/none", frames=2, stride=1, size=8)
     levels = torch.tensor([0, 64, 128, 255], dtype=torch.uint8)
     grey = levels.view(1, 1, 1, 4).expand(3, 2, 8, 4).repeat(1, 1, 1, 2)  # (3, T, H, W), R = G = B
-    ab = build_view("lab_ab", ctx).transform(grey, EVAL_AUG)
-    lightness = build_view("lab_l", ctx).transform(grey, EVAL_AUG)
+    ab, lightness = (
+        model_input(v, v.transform(grey, EVAL_AUG)) for v in (build_view(n, ctx) for n in ("lab_ab", "lab_l"))
+    )
     assert ab.shape == (2, 2, 8, 8) and ab.abs().max() < 1e-3
     assert lightness[0, 0, 0, 0] == pytest.approx(-1.0, abs=1e-3)  # black: L = 0
     assert lightness[0, 0, 0, 3] == pytest.approx(1.0, abs=1e-3)  # white: L = 100
@@ -132,7 +133,8 @@ def test_depth_view_reads_the_cache_the_tool_filled(setup):
     assert x.shape == (1, clip.num_frames, 32, 32) and x.dtype == torch.uint8
     assert x.min() >= 1  # the synthetic ground truth is valid everywhere
     y = view.transform(x, Aug(train=True, crop=(0.0, 0.0, 1.0, 1.0)))
-    torch.testing.assert_close(y, x.float() / 255)  # 1..255 -> (0, 1], 0 (invalid) -> 0
+    assert torch.equal(y, x)  # the workers hand the bytes over
+    torch.testing.assert_close(model_input(view, y), x.float() / 255)  # 1..255 -> (0, 1], 0 (invalid) -> 0
 
 
 def test_depth_view_without_its_cache_names_the_fill_command(setup, tmp_path):
@@ -252,10 +254,11 @@ def test_flow_displacements_scale_with_the_crop(crop, size, flip, expected):
     view = build_view("flow", ctx, size=size)
     cached = torch.empty(2, 2, 32, 32, dtype=torch.uint8)  # (C, T, H, W): x then y
     cached[0], cached[1] = 140, 115
-    y = view.transform(cached, Aug(train=True, crop=crop, flip=flip))
+    y = model_input(view, view.transform(cached, Aug(train=True, crop=crop, flip=flip)))
     assert y.shape == (2, 2, size, size)
-    torch.testing.assert_close(y[0], torch.full((2, size, size), expected[0] / 255), rtol=0, atol=1e-5)
-    torch.testing.assert_close(y[1], torch.full((2, size, size), expected[1] / 255), rtol=0, atol=1e-5)
+    # the stretched flow is quantised again in the workers: within half a code (1/255 of the bound)
+    torch.testing.assert_close(y[0], torch.full((2, size, size), expected[0] / 255), rtol=0, atol=1 / 255 + 1e-6)
+    torch.testing.assert_close(y[1], torch.full((2, size, size), expected[1] / 255), rtol=0, atol=1 / 255 + 1e-6)
 
 
 def recording_view(name: str):

@@ -187,12 +187,18 @@ def depth(
         channels=1,
         decode=None,  # the framework reads the cache
         transform=partial(transform_depth, size=size),
+        device_transform=depth_input,
         build_encoder=partial(build_encoder, encoder, in_channels=1, width=width),
         precompute=stage,
     )
 
 
 def transform_depth(x: torch.Tensor, aug: Aug, *, size: int) -> torch.Tensor:
-    """Cached depth (1, T, H, W) uint8 -> (1, T, size, size) float32 in [0, 1], cropped and flipped with aug."""
-    x = crop_resize(x, aug.crop, size).float() / 255  # resize the bytes: cheaper
+    """In the workers: cached depth (1, T, H, W) uint8 -> (1, T, size, size) uint8, cropped and flipped."""
+    x = crop_resize(x, aug.crop, size)  # resize the bytes: cheaper
     return x.flip(-1) if aug.flip else x
+
+
+def depth_input(x: torch.Tensor) -> torch.Tensor:
+    """On the device, batched: (..., 1, T, H, W) uint8 -> float32 in [0, 1]."""
+    return x.float() / 255

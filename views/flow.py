@@ -228,18 +228,37 @@ def flow(
         channels=2,
         decode=None,  # the framework reads the cache
         transform=partial(transform_flow, size=size, bound=bound),
+        device_transform=flow_input,
         build_encoder=partial(build_encoder, encoder, in_channels=2, width=width),
         precompute=stage,
     )
 
 
+def stretch_table(factor: float, flip: bool, bound: float) -> np.ndarray:
+    """(256,) uint8: the quantised flow code of a displacement multiplied by `factor` (and negated with
+    flip), i.e. quantize(+-factor * dequantize(u)); displacements beyond the bound clip to it."""
+    u = np.arange(256, dtype=np.uint8)
+    return quantize(dequantize(u, bound) * (-factor if flip else factor), bound)
+
+
 def transform_flow(x: torch.Tensor, aug: Aug, *, size: int, bound: float) -> torch.Tensor:
-    """Cached flow (2, T, H, W) uint8 -> (2, T, size, size) float32 in [-1, 1], cropped and flipped with aug."""
+    """In the workers: cached flow (2, T, H, W) uint8 -> (2, T, size, size) uint8, cropped, resized and
+    flipped with aug, still quantised. Resizing a crop stretches displacements (x by size / crop width, y
+    by size / crop height) and a flip negates x: both are a per-channel lookup on the codes, exact up to
+    half a code (bound / 255 px)."""
     h, w = x.shape[-2:]
     _, _, bh, bw = crop_box(h, w, aug.crop)
     x = crop_resize(x, aug.crop, size)  # on the quantised bytes: dequantising is linear
-    x = torch.from_numpy(dequantize(x.numpy(), bound)) / bound  # (2, T, size, size) in [-1, 1]
-    x = x * torch.tensor([size / bw, size / bh]).view(2, 1, 1, 1)  # resizing stretches displacements too
     if aug.flip:
-        x = x.flip(-1) * torch.tensor([-1.0, 1.0]).view(2, 1, 1, 1)
-    return x
+        x = x.flip(-1)
+    out = np.array(x.numpy())  # a copy: x may share the decoded clip's memory
+    for c, (factor, negate) in enumerate(((size / bw, aug.flip), (size / bh, False))):
+        if factor != 1.0 or negate:
+            out[c] = np.take(stretch_table(factor, negate, bound), out[c])
+    return torch.from_numpy(out)
+
+
+def flow_input(x: torch.Tensor) -> torch.Tensor:
+    """On the device, batched: quantised flow codes (..., 2, T, H, W) uint8 -> flow / bound in [-1, 1]
+    (code u is u * 2 bound / 255 - bound pixels: mvcoding.cache.dequantize)."""
+    return x.float() * (2.0 / 255.0) - 1.0

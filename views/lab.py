@@ -11,21 +11,19 @@ from functools import partial
 import torch
 
 from mvcoding.encoders import build_encoder
-from mvcoding.registry import Aug, View, ViewContext, register_view
-from mvcoding.transforms import crop_resize, rgb_to_lab
-from mvcoding.views.rgb import decode_rgb, rgb_stage
+from mvcoding.registry import View, ViewContext, register_view
+from mvcoding.transforms import rgb_to_lab
+from mvcoding.views.rgb import decode_rgb, rgb_stage, transform_rgb
 
 # Lab channel statistics used to bring each channel to roughly zero mean, unit scale
 L_CENTER, L_SCALE, AB_SCALE = 50.0, 50.0, 110.0
 
 
-def transform_lab(x: torch.Tensor, aug: Aug, *, size: int, channels: slice, lightness: bool) -> torch.Tensor:
-    """(3, T, H, W) uint8 RGB -> Lab `channels` (n, T, size, size) float32, cropped and flipped with aug;
-    lightness: L centred and scaled, else a, b scaled."""
-    x = crop_resize(x, aug.crop, size).float() / 255
-    if aug.flip:
-        x = x.flip(-1)
-    lab = rgb_to_lab(x.clamp(0, 1))[channels]  # (n, T, size, size)
+def lab_input(x: torch.Tensor, *, channels: slice, lightness: bool) -> torch.Tensor:
+    """On the device, batched: (..., 3, T, H, W) uint8 RGB (transform_rgb's) -> the Lab `channels`
+    (..., n, T, H, W) float32; lightness: L centred and scaled, else a, b scaled."""
+    lab = rgb_to_lab((x.float() / 255).clamp(0, 1))
+    lab = lab.narrow(-4, channels.start, channels.stop - channels.start)  # (..., n, T, H, W)
     if lightness:
         return (lab - L_CENTER) / L_SCALE
     return lab / AB_SCALE
@@ -44,7 +42,8 @@ def lab_view(name: str, channels: slice, *, ctx: ViewContext, encoder: str, widt
         decode=None if cache else partial(decode_rgb, offset=offset, resolution=resolution),
         precompute=stage,  # the rgb view's cache, when the settings match: one cache for all three
         source=None if cache else f"rgb-video:{resolution}:{offset}",
-        transform=partial(transform_lab, size=size, channels=channels, lightness=name == "lab_l"),
+        transform=partial(transform_rgb, size=size),  # uint8 crops in the workers, the same as rgb's
+        device_transform=partial(lab_input, channels=channels, lightness=name == "lab_l"),
         build_encoder=partial(build_encoder, encoder, in_channels=n, width=width),
     )
 

@@ -95,11 +95,14 @@ def rgb_stage(*, cache_format: str, jpeg_quality: int, resolution, offset: int) 
 
 
 def transform_rgb(x: torch.Tensor, aug: Aug, *, size: int) -> torch.Tensor:
-    """(3, T, H, W) uint8 -> (3, T, size, size) float32: cropped, flipped with aug, normalised."""
-    x = crop_resize(x, aug.crop, size).float() / 255  # crop and resize the bytes: cheaper
-    if aug.flip:
-        x = x.flip(-1)
-    return normalize(x, MEAN, STD)
+    """In the workers: (3, T, H, W) uint8 -> (3, T, size, size) uint8, cropped, resized, flipped with aug."""
+    x = crop_resize(x, aug.crop, size)  # crop and resize the bytes: cheaper than floats
+    return x.flip(-1) if aug.flip else x
+
+
+def normalize_rgb(x: torch.Tensor) -> torch.Tensor:
+    """On the device, batched: (..., 3, T, H, W) uint8 -> float32 in [0, 1], normalised per channel."""
+    return normalize(x.float() / 255, MEAN, STD)
 
 
 @register_view("rgb")
@@ -126,6 +129,7 @@ def rgb(
         channels=3,
         decode=None if cache else partial(decode_rgb, offset=offset, resolution=resolution),
         transform=partial(transform_rgb, size=size),
+        device_transform=normalize_rgb,
         build_encoder=partial(build_encoder, encoder, in_channels=3, width=width),
         precompute=rgb_stage(cache_format=cache_format, jpeg_quality=jpeg_quality, resolution=resolution, offset=offset)
         if cache
