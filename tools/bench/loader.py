@@ -226,6 +226,52 @@ def breakdown(data: MultiViewClips, items: list[int], batch: int) -> list[tuple[
     return [(name, 1e3 * s / len(items)) for name, s in total.items()]
 
 
+def rgb_only(root: Path, cfg, args, tv_ucf101) -> None:
+    """RGB alone (fold 1's train videos, 16 x 112 x 112 train clips): mvcoding decoding the videos, mvcoding
+    from the JPEG cache, and torchvision.datasets.UCF101 (tools/bench/tv_ucf101.py), interleaved, medians;
+    with the CPU milliseconds each spends per clip (all processes and threads), which load does not skew."""
+    import copy
+
+    video = tv_ucf101.mvcoding_data(root, frames=cfg.data.frames, stride=cfg.data.stride, size=cfg.data.size)
+    over = [f"dataset.root={root}", "views.rgb.cache=true", f"views.rgb.resolution=[{args.resolution[0]},"
+            f"{args.resolution[1]}]"]  # fmt: skip
+    cached_rgb = build_views(load_config(CONFIG, over), ["rgb"])["rgb"]
+    cached = copy.copy(video)
+    cached.views = {"rgb": cached_rgb}
+    why_not = tv_ucf101.torchvision_available()
+    kinds = ["video", "cached jpeg"] + (["torchvision"] if why_not is None else [])
+    for wk in args.workers:
+        rates = {k: [] for k in kinds}
+        cpu = {k: [] for k in kinds}
+        for r in range(args.rounds):
+            for kind in kinds if r % 2 == 0 else kinds[::-1]:
+                st: dict = {}
+                if kind == "torchvision":
+                    rate = tv_ucf101.torchvision_rate(
+                        root,
+                        frames=cfg.data.frames,
+                        stride=cfg.data.stride,
+                        size=cfg.data.size,
+                        workers=wk,
+                        batch=args.batch,
+                        stats=st,
+                    )
+                else:
+                    rate = tv_ucf101.mvcoding_rate(video if kind == "video" else cached, workers=wk,
+                                                   batch=args.batch, stats=st)  # fmt: skip
+                rates[kind].append(rate)
+                cpu[kind].append(st.get("cpu_ms", float("nan")))
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        cells = "  ".join(f"{k} {med[k]:.1f} clips/s ({statistics.median(cpu[k]):.1f} CPU ms/clip)" for k in kinds)
+        ratios = f"cached/video {med['cached jpeg'] / med['video']:.2f}"
+        if "torchvision" in med:
+            ratios += (f", video/torchvision {med['video'] / med['torchvision']:.2f}, "
+                       f"cached/torchvision {med['cached jpeg'] / med['torchvision']:.2f}")  # fmt: skip
+        print(f"rgb only, {wk} workers: {cells}; {ratios}")
+    if why_not is not None:
+        print(f"rgb only: torchvision.datasets.UCF101 skipped ({why_not})")
+
+
 # ---- main ----------------------------------------------------------------------------------------
 
 
@@ -242,6 +288,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4, help="passes over the videos per timed loader run")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workers", type=int, nargs="*", default=[0, 1, 2])
+    ap.add_argument(
+        "--encoded",
+        action="store_true",
+        help="generate 320x240 mpeg4 (XVID-like) videos with ffmpeg, read at 128x171 as UCF101 is, and "
+        "compare the RGB loaders with torchvision.datasets.UCF101 (needs ffmpeg and torchcodec)",
+    )
     ap.add_argument("--rgb-cache", nargs="*", default=["jpeg", "raw"], choices=["jpeg", "raw"],
                     help="also time the loader with RGB read from the decode-once cache in these formats")  # fmt: skip
     args = ap.parse_args()
@@ -260,8 +312,18 @@ def main() -> None:
         root = tmp = Path(tempfile.mkdtemp(prefix="bench_loader_"))
     try:
         t_setup = time.perf_counter()
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import tv_ucf101
+
+        if args.encoded and not tv_ucf101.ffmpeg_available():
+            raise SystemExit("--encoded needs ffmpeg (apt-get install ffmpeg)")
+        if args.encoded:
+            args.source, args.resolution = [240, 320], args.resolution or [128, 171]
         if not (root / "UCF-101").is_dir():
-            make_data(root, args.videos, args.frames, *args.source)
+            if args.encoded:
+                tv_ucf101.make_encoded_tree(root, args.videos, args.frames)
+            else:
+                make_data(root, args.videos, args.frames, *args.source)
         overrides = overrides_for(root, args.resolution)
         rc = precompute(["flow", str(CONFIG), *overrides, "precompute.workers=2"])
         if rc != 0:
@@ -295,7 +357,8 @@ def main() -> None:
 
         size = f"{args.source[0]}x{args.source[1]}"
         read = "native" if args.resolution is None else f"{args.resolution[0]}x{args.resolution[1]}"
-        print(f"{len(records)} videos x {args.frames} frames, {size} MJPG, read at {read}; clips {d.frames} x "
+        codec = "ffmpeg mpeg4" if args.encoded else "MJPG"
+        print(f"{len(records)} videos x {args.frames} frames, {size} {codec}, read at {read}; clips {d.frames} x "
               f"{d.size} x {d.size}, stride {d.stride}, train augmentation; flow DIS lzf cache")  # fmt: skip
         print(
             f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; torch {torch.__version__}, "
@@ -331,6 +394,8 @@ def main() -> None:
                 ml = statistics.median(rates["loader", wk])
                 cells = [(statistics.median(rates[f"cached {f}", wk])) for f in cached]
                 print(f"{wk:>7}  " + "  ".join(f"{c:>12.1f} {c / ml:>8.2f}" for c in cells))
+            if args.encoded:
+                rgb_only(root, cfg, args, tv_ucf101)
             for fmt, ds in cached.items():
                 print(f"rgb cache {fmt}: {ds.bytes_per_frame / 1024:.1f} KiB per frame on disk "
                       f"({ds.bytes_per_frame * 25 * 3600 / 2**30:.2f} GiB per hour of 25 fps video)")  # fmt: skip
