@@ -365,6 +365,13 @@ def main() -> None:
               f"1 torch thread per process; batch {args.batch}, {len(plan)} clips per run; setup {setup:.0f} s"
         )  # fmt: skip
 
+        item = data[0]
+        crossing = sum(item[n].nbytes for n in views)
+        as_float = sum(item[n].numel() * 4 for n in views)
+        print(
+            f"bytes per clip from the workers to the main process: {crossing / 2**20:.2f} MiB "
+            f"({', '.join(f'{n} {item[n].dtype}' for n in views)}); as float32: {as_float / 2**20:.2f} MiB"
+        )
         kinds = ["loader", "bare", *(f"cached {fmt}" for fmt in cached)]
         rates = {(kind, wk): [] for wk in args.workers for kind in kinds}
         for r in range(args.rounds):
