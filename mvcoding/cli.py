@@ -8,6 +8,7 @@ mvcoding sweep SPEC.yaml [--only CELL ...] [--dry-run | --report] [--out DIR]
 mvcoding precompute VIEW|all CONFIG.yaml [key=value ...]
 mvcoding cache status CONFIG.yaml [key=value ...]
 mvcoding views
+mvcoding config CONFIG [key=value ...]
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     d = sub.add_parser("demo", help="synthetic data -> flow cache -> CMC pretraining -> linear probe, on the CPU")
     d.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
     sub.add_parser("views", help="list the registered views, where they come from, and which are cached")
+    g = sub.add_parser("config", help="print the resolved configuration (YAML) that train would run")
+    g.add_argument("config", help="a packaged config's name (e.g. synthetic_rgb_flow) or a YAML path")
+    g.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
     sub.add_parser("precompute", help="fill the HDF5 cache of a view's precompute stage (see its --help)")
     c = sub.add_parser("cache", help="what the caches of a config's views hold")
     c.add_argument("action", choices=["status"])
@@ -58,6 +62,15 @@ def run(args: argparse.Namespace) -> None:
         for name in list_views():
             settings = ", ".join(f"{k}={v}" for k, v in view_settings(name).items())
             print(f"{name:10s} {'cached' if has_precompute(name) else '':6s} {view_source(name):28s} {settings}")
+    elif args.command == "config":
+        from omegaconf import OmegaConf
+
+        from mvcoding.model import build_encoder_of, build_views
+
+        cfg = load_config(args.config, args.overrides)
+        for name, view in build_views(cfg).items():  # the views' and encoders' checks, as train runs them first
+            build_encoder_of(name, view)
+        print(OmegaConf.to_yaml(cfg, resolve=True), end="")
     elif args.command == "cache":
         from mvcoding.precompute import print_status
 
