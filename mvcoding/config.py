@@ -38,7 +38,7 @@ def _config_dir() -> Path:
 CONFIG_DIR = _config_dir()
 TOP_KEYS = {
     "name", "seed", "device", "resume", "checkpoint", "run", "cache", "data", "train",
-    "objective", "optim", "precompute", "eval", "views", "dataset",
+    "objective", "optim", "precompute", "eval", "views", "dataset", "log",
 }  # fmt: skip
 
 

@@ -139,6 +139,8 @@ SCHEMA: dict[str, Rule] = {
     "optim.warmup_steps": integer(0),
     "optim.milestones": FRACTIONS,
     "optim.gamma": number(0, 1, lo_open=True),
+    "log.tensorboard": BOOL,
+    "log.wandb": choice(False, "offline", "online"),
     "precompute.workers": integer(0),
     "precompute.shard": SHARD,
     "precompute.videos_per_part": integer(1),

@@ -17,6 +17,7 @@ import math
 import os
 import random
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -441,7 +442,7 @@ class StopOnSignal:
 def train(cfg: DictConfig) -> Path:
     """Pretrain the encoders of `cfg.views` with the configured objective; returns the run directory."""
     run, pos = setup(cfg)
-    logger = MetricsLogger(run.out) if dist.is_main() else None
+    logger = MetricsLogger(run.out, cfg, run.steps_per_epoch) if dist.is_main() else None
     with StopOnSignal() as stop:
         loop(run, pos, logger, stop)
     if monitor_every(cfg) and pos.batch_in_epoch:  # stopped inside an epoch (train.max_steps): score the end
@@ -463,6 +464,8 @@ def loop(run: Run, pos: Position, logger: MetricsLogger | None, stop: StopOnSign
         run.objective.train()
         run.data.epoch = pos.epoch
         run.sampler.set_epoch(pos.epoch, skip=pos.batch_in_epoch * b)
+        if logger:
+            logger.progress(pos.epoch, pos.batch_in_epoch)
         t_fetch = time.perf_counter()
         for batch in run.loader:
             wait += time.perf_counter() - t_fetch
@@ -585,25 +588,55 @@ def bank_divergence(objective: CMCObjective) -> float:
 
 
 class MetricsLogger:
-    """metrics.jsonl always; TensorBoard when installed; a PNG of the curves at the end."""
+    """metrics.jsonl always, a PNG of the curves at the end, and the loggers the config asks for:
+    log.tensorboard (event files in <run>/tb) and log.wandb (offline: files in <run>/wandb; online).
+    On a terminal a tqdm bar per epoch shows the loss and clips/s; elsewhere each record is a log line."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, cfg: DictConfig | None = None, steps_per_epoch: int = 0):
         self.out = out
         self.file = open(out / "metrics.jsonl", "a")  # noqa: SIM115  (append: a resumed run continues it)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
+        opts = (cfg.get("log") if cfg is not None else None) or {}
+        self.tb = self.wandb = self.bar = None
+        if opts.get("tensorboard"):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise UserError("log.tensorboard=true needs TensorBoard: pip install 'mvcoding[tensorboard]'") from e
             self.tb = SummaryWriter(str(out / "tb"))
-        except ImportError:
-            self.tb = None
+        if opts.get("wandb"):
+            try:
+                import wandb
+            except ImportError as e:
+                msg = f"log.wandb={opts['wandb']} needs Weights & Biases: pip install 'mvcoding[wandb]'"
+                raise UserError(msg) from e
+            self.wandb = wandb.init(project="mvcoding", name=out.name, dir=str(out), mode=opts["wandb"],
+                                    config=OmegaConf.to_container(cfg, resolve=True))  # fmt: skip
+        self.steps_per_epoch = steps_per_epoch
+        self.tty = sys.stderr.isatty() and steps_per_epoch > 0
+
+    def progress(self, epoch: int, done: int) -> None:
+        """A new bar for `epoch` (on a terminal), `done` of its steps already behind it (a resume)."""
+        if self.tty:
+            from tqdm import tqdm
+
+            if self.bar is not None:
+                self.bar.close()
+            self.bar = tqdm(total=self.steps_per_epoch, initial=done, desc=f"epoch {epoch}", unit="step",
+                            file=sys.stderr, dynamic_ncols=True, leave=False)  # fmt: skip
 
     def log(self, record: dict) -> None:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+        numbers = {k: v for k, v in record.items() if k != "step" and isinstance(v, int | float)}
         if self.tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, record["step"])
+            for k, v in numbers.items():
+                self.tb.add_scalar(k, v, record["step"])
+        if self.wandb is not None:
+            self.wandb.log(numbers, step=record["step"])
+        if self.bar is not None and "loss" in record:
+            self.bar.n = (record["step"] - 1) % self.steps_per_epoch + 1
+            self.bar.set_postfix(loss=f"{record['loss']:.4g}", clips_per_s=f"{record.get('clips_per_s', 0):.1f}")
+            return
         parts = [
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
             for k, v in record.items()
@@ -612,9 +645,13 @@ class MetricsLogger:
         log.info(" ".join(parts))
 
     def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
         self.file.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
         from mvcoding.plots import plot_training
 
         plot_training(self.out / "metrics.jsonl", self.out / "training.png")
