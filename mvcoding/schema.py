@@ -114,6 +114,7 @@ SCHEMA: dict[str, Rule] = {
     "train.max_steps": integer(1, null=True),
     "train.log_every": integer(1),
     "train.save_every": integer(1),
+    "train.keep_every": integer(1, null=True),
     "train.amp": choice("auto", "bf16", "off"),
     "train.compile": BOOL,
     "train.channels_last": AUTO_BOOL,

@@ -336,9 +336,22 @@ def checkpoint_state(run: Run, pos: Position) -> dict:
 
 
 def save_checkpoint(run: Run, pos: Position) -> None:
-    """<run>/checkpoints/last.pt, written by rank 0 (atomically: a killed run keeps the previous one)."""
+    """<run>/checkpoints/last.pt, written by rank 0 (atomically: a killed run keeps the previous one); with
+    train.keep_every=N, every N-th step's checkpoint is also kept as checkpoints/step-<step>.pt."""
     if dist.is_main():
-        save_atomic(checkpoint_state(run, pos), run.out / "checkpoints" / "last.pt")
+        last = run.out / "checkpoints" / "last.pt"
+        save_atomic(checkpoint_state(run, pos), last)
+        keep = run.cfg.train.get("keep_every")
+        if keep and pos.step % keep == 0:
+            kept = last.with_name(f"step-{pos.step:08d}.pt")
+            tmp = kept.with_name(f".{kept.name}.tmp")
+            try:
+                os.link(last, tmp)  # no copy: the file is never written again (the next save replaces last.pt)
+                os.replace(tmp, kept)
+            except OSError:
+
+                tmp.unlink(missing_ok=True)
+                save_atomic(checkpoint_state(run, pos), kept)  # a filesystem without hard links
 
 
 def restore(run: Run, path: Path) -> Position:
@@ -477,7 +490,8 @@ def loop(run: Run, pos: Position, logger: MetricsLogger | None, stop: StopOnSign
                 if logger:
                     logger.log(record)
                 t_last, wait, n_clips = now, 0.0, 0
-            if pos.step % cfg.train.save_every == 0 or pos.step == run.total:
+            keep = cfg.train.get("keep_every")
+            if pos.step % cfg.train.save_every == 0 or pos.step == run.total or (keep and pos.step % keep == 0):
                 save_checkpoint(run, pos)
             if signum := stop.requested(run.device):
                 if pos.step % cfg.train.save_every and pos.step != run.total:

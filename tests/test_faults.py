@@ -151,3 +151,13 @@ def test_resume_auto_without_run_dir_takes_only_a_matching_run(synthetic_root, t
     assert main(["train", SYNTHETIC, *tiny(synthetic_root, **over)]) == 0  # the same config: continues that run
     assert torch.load(first / "checkpoints" / "last.pt", weights_only=True)["step"] == 3
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [first.name]
+
+
+def test_keep_every_keeps_periodic_checkpoints_beside_last(synthetic_root, tmp_path):
+    run = tmp_path / "run"
+    over = {"run.dir": run, "train.max_steps": 5, "train.keep_every": 2, "train.save_every": 1000}
+    train(load_config(SYNTHETIC, tiny(synthetic_root, **over)))
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["last.pt", "step-00000002.pt", "step-00000004.pt"]
+    steps = {n: torch.load(run / "checkpoints" / n, weights_only=True)["step"] for n in names}
+    assert steps == {"last.pt": 5, "step-00000002.pt": 2, "step-00000004.pt": 4}
