@@ -1,8 +1,9 @@
 """mvcoding: Contrastive Multiview Coding for video and multimodal representations."""
 
+from mvcoding.export import load_encoder
 from mvcoding.registry import Aug, Clip, View, ViewContext, build_view, list_views, register_view
 
-__all__ = ["Aug", "Clip", "View", "ViewContext", "build_view", "list_views", "register_view"]
+__all__ = ["Aug", "Clip", "View", "ViewContext", "build_view", "list_views", "load_encoder", "register_view"]
 
 
 def _version() -> str:

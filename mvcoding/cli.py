@@ -8,6 +8,7 @@ mvcoding sweep SPEC.yaml [--only CELL ...] [--dry-run | --report] [--out DIR]
 mvcoding precompute VIEW|all CONFIG.yaml [key=value ...]
 mvcoding cache status CONFIG.yaml [key=value ...]
 mvcoding views
+mvcoding export CHECKPOINT --view NAME --out FILE
 mvcoding config CONFIG [key=value ...]
 """
 
@@ -50,6 +51,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     mode.add_argument("--dry-run", action="store_true", help="list the cells and validate their configs")
     mode.add_argument("--report", action="store_true", help="only rebuild the table and the plot")
     s.add_argument("--out", default=None, metavar="DIR", help="the sweep folder (default runs/sweep-<name>)")
+    x = sub.add_parser("export", help="write a view's encoder as a plain state_dict and FILE.json describing it")
+    x.add_argument("checkpoint", help="a training checkpoint (.pt) or a run directory")
+    x.add_argument("--view", required=True, help="the view whose encoder to export, e.g. rgb")
+    x.add_argument("--out", required=True, metavar="FILE", help="the state_dict file (FILE.json goes beside it)")
     return p.parse_args(argv)
 
 
@@ -96,6 +101,11 @@ def run(args: argparse.Namespace) -> None:
         from mvcoding.sweep import sweep
 
         sweep(args.spec, only=args.only, dry_run_only=args.dry_run, report_only=args.report, out=args.out)
+    elif args.command == "export":
+        from mvcoding.export import export
+
+        for path in export(args.checkpoint, args.view, args.out):
+            print(path)
 
 
 def main(argv: list[str] | None = None) -> int:
