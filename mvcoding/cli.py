@@ -7,6 +7,7 @@ mvcoding demo [key=value ...]
 mvcoding sweep SPEC.yaml [--only CELL ...] [--dry-run | --report] [--out DIR]
 mvcoding precompute VIEW|all CONFIG.yaml [key=value ...]
 mvcoding cache status CONFIG.yaml [key=value ...]
+mvcoding extract CONFIG.yaml checkpoint=PATH [split=train|test|all] [out=FILE.pt|.npy] [key=value ...]
 mvcoding views
 mvcoding export CHECKPOINT --view NAME --out FILE
 mvcoding config CONFIG [key=value ...]
@@ -40,6 +41,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     g.add_argument("config", help="a packaged config's name (e.g. synthetic_rgb_flow) or a YAML path")
     g.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
     sub.add_parser("precompute", help="fill the HDF5 cache of a view's precompute stage (see its --help)")
+    f = sub.add_parser("extract", help="frozen features per video and clip to a .pt or .npy file with an index")
+    f.add_argument("config", help="YAML config path or packaged name")
+    f.add_argument("overrides", nargs="*", help="checkpoint=PATH [split=train|test|all] [out=FILE] and Hydra overrides")
     c = sub.add_parser("cache", help="what the caches of a config's views hold")
     c.add_argument("action", choices=["status"])
     c.add_argument("config", help="YAML config path")
@@ -76,6 +80,12 @@ def run(args: argparse.Namespace) -> None:
         for name, view in build_views(cfg).items():  # the views' and encoders' checks, as train runs them first
             build_encoder_of(name, view)
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+    elif args.command == "extract":
+        from mvcoding.extract import extract
+
+        own = {k: v for k, _, v in (o.partition("=") for o in args.overrides) if k in ("split", "out")}
+        rest = [o for o in args.overrides if o.partition("=")[0] not in ("split", "out")]
+        extract(load_config(args.config, rest), split=own.get("split", "all"), out=own.get("out"))
     elif args.command == "cache":
         from mvcoding.precompute import print_status
 

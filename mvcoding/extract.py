@@ -1,0 +1,68 @@
+"""`mvcoding extract CONFIG checkpoint=PATH [split=train|test|all] [out=FILE] [overrides]`: frozen features.
+
+For every video of the split, the encoders of `eval.views` (features concatenated in that order) on
+`eval.clips` clips spread over the video and `eval.crops` crops per clip, as the evaluations see
+them: per clip the mean over crops, per video the mean over clips. Written to `out`:
+
+  .pt   torch.save({"video": (V, D), "clip": (V, clips, D), "index": [...], "views", "checkpoint",
+        "checkpoint_sha256", "config"}): tensors and plain data, loadable with weights_only=True
+  .npy  the (V, D) video features, with the clip features in <out>.clips.npy
+and beside it <out>.json: the index, one entry per row: {"video_id", "path", "label", "class", "split"}.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mvcoding.errors import UserError
+from mvcoding.files import save_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "test", "all")
+
+
+def extract(cfg, *, split: str = "all", out: str | None = None) -> Path:
+    """Extract and write the features; returns the output file."""
+    from mvcoding import transfer
+
+    if split not in SPLITS:
+        raise UserError(f"split={split!r} is not valid: one of: {', '.join(SPLITS)}")
+    if not cfg.checkpoint:
+        raise UserError("mvcoding extract needs checkpoint=PATH (a training checkpoint or its run directory)")
+    out = Path(out or f"features-{split}.pt")
+    if out.suffix not in (".pt", ".npy"):
+        raise UserError(f"out={out} is not valid: a .pt or .npy file")
+    s = transfer.prepare(cfg, cfg.checkpoint, random_init=False)
+    parts = [("train", s.index.train), ("test", s.index.test)]
+    parts = [(name, records) for name, records in parts if split in (name, "all")]
+    clips = int(cfg.eval.clips)
+    feats, index = [], []
+    for name, records in parts:
+        loader = transfer.eval_loader(s, records, s.views, clips)
+        got = transfer.run_clips(s.encoders, loader, s.device, desc=f"extract {name}", views=s.views)
+        x = got["x"].mean(1)  # (N clips, D): the mean over crops
+        feats.append(x.view(len(records), clips, -1))  # items are video-major: clip i % clips of video i // clips
+        index += [{"video_id": r.video_id, "path": r.path, "label": int(r.label), "class": s.index.classes[r.label],
+                   "split": name} for r in records]  # fmt: skip
+    clip_feats = torch.cat(feats)  # (V, clips, D)
+    video_feats = clip_feats.mean(1)  # (V, D)
+    from omegaconf import OmegaConf
+
+    payload = {"video": video_feats, "clip": clip_feats, "index": index, "views": list(s.views),
+               "checkpoint": s.checkpoint, "checkpoint_sha256": s.sha256,
+               "config": OmegaConf.to_container(cfg, resolve=True)}  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".pt":
+        save_atomic(payload, out)
+    else:
+        np.save(out, video_feats.numpy())
+        np.save(out.with_suffix(".clips.npy"), clip_feats.numpy())
+    write_text_atomic(out.with_suffix(".json"), json.dumps({"views": list(s.views), "checkpoint": s.checkpoint,
+                                                             "index": index}, indent=1))  # fmt: skip
+    log.info("wrote %d videos x %d features (%d clips each) to %s", len(index), video_feats.shape[1], clips, out)
+    return out
