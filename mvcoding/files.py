@@ -16,6 +16,14 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
+def _remove(path: Path) -> None:
+    """Delete a temporary file if it is there (its folder may not even exist)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write `text` to `path` through a temporary file and a rename."""
     path = Path(path)
@@ -24,7 +32,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         tmp.write_text(text)
         os.replace(tmp, path)
     except BaseException:  # disk full, read-only, interrupted: leave nothing behind
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
 
 
@@ -40,12 +48,12 @@ def save_atomic(obj, path: str | Path) -> None:
         torch.save(obj, tmp)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:120]
         prev = " (the previous file there is intact)" if path.is_file() else ""
         raise UserError(f"cannot write {path} ({why}){prev}; free space on that disk or choose another folder") from e
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
 
 

@@ -161,3 +161,13 @@ def test_keep_every_keeps_periodic_checkpoints_beside_last(synthetic_root, tmp_p
     assert names == ["last.pt", "step-00000002.pt", "step-00000004.pt"]
     steps = {n: torch.load(run / "checkpoints" / n, weights_only=True)["step"] for n in names}
     assert steps == {"last.pt": 5, "step-00000002.pt": 2, "step-00000004.pt": 4}
+
+
+def test_saving_where_the_folder_is_a_file_is_one_line(tmp_path):
+    from mvcoding.errors import UserError
+    from mvcoding.files import save_atomic
+
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match=r"cannot write .*not_a_folder/last.pt"):
+        save_atomic({"a": torch.zeros(2)}, blocker / "last.pt")
