@@ -349,7 +349,6 @@ def save_checkpoint(run: Run, pos: Position) -> None:
                 os.link(last, tmp)  # no copy: the file is never written again (the next save replaces last.pt)
                 os.replace(tmp, kept)
             except OSError:
-
                 tmp.unlink(missing_ok=True)
                 save_atomic(checkpoint_state(run, pos), kept)  # a filesystem without hard links
 
