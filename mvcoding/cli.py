@@ -7,6 +7,7 @@ mvcoding demo [key=value ...]
 mvcoding sweep SPEC.yaml [--only CELL ...] [--dry-run | --report] [--out DIR]
 mvcoding precompute VIEW|all CONFIG.yaml [key=value ...]
 mvcoding cache status CONFIG.yaml [key=value ...]
+mvcoding report RUN_DIR
 mvcoding extract CONFIG.yaml checkpoint=PATH [split=train|test|all] [out=FILE.pt|.npy] [key=value ...]
 mvcoding views
 mvcoding export CHECKPOINT --view NAME --out FILE
@@ -44,6 +45,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     f = sub.add_parser("extract", help="frozen features per video and clip to a .pt or .npy file with an index")
     f.add_argument("config", help="YAML config path or packaged name")
     f.add_argument("overrides", nargs="*", help="checkpoint=PATH [split=train|test|all] [out=FILE] and Hydra overrides")
+    r = sub.add_parser("report", help="MODEL_CARD.md for a pretraining run directory")
+    r.add_argument("run", help="the run directory (config.yaml, checkpoints/last.pt)")
     c = sub.add_parser("cache", help="what the caches of a config's views hold")
     c.add_argument("action", choices=["status"])
     c.add_argument("config", help="YAML config path")
@@ -86,6 +89,10 @@ def run(args: argparse.Namespace) -> None:
         own = {k: v for k, _, v in (o.partition("=") for o in args.overrides) if k in ("split", "out")}
         rest = [o for o in args.overrides if o.partition("=")[0] not in ("split", "out")]
         extract(load_config(args.config, rest), split=own.get("split", "all"), out=own.get("out"))
+    elif args.command == "report":
+        from mvcoding.card import model_card
+
+        print(model_card(args.run))
     elif args.command == "cache":
         from mvcoding.precompute import print_status
 

@@ -1,0 +1,33 @@
+"""`mvcoding report RUN_DIR`: the model card of a pretraining run and the evaluations of its checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from conftest import SYNTHETIC, tiny
+from mvcoding.cli import main
+from mvcoding.config import load_config
+from mvcoding.train import train
+from mvcoding.transfer import evaluate
+
+
+def test_the_card_names_the_checkpoint_and_its_evaluations(synthetic_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(load_config(SYNTHETIC, tiny(synthetic_root, **{"run.dir": run, "train.max_steps": 2})))
+    ckpt = run / "checkpoints" / "last.pt"
+    over = {"checkpoint": ckpt, "eval.linear.epochs": 2, "eval.clips": 1}
+    evaluate("linear", load_config(SYNTHETIC, tiny(synthetic_root, **over, **{"run.dir": run / "eval-linear"})))
+    other = tmp_path / "other"  # an evaluation of another checkpoint beside the run: not on the card
+    evaluate("linear", load_config(SYNTHETIC, tiny(synthetic_root, **{"eval.random_init": "true", "run.dir": other,
+                                                                      "eval.linear.epochs": 2})))  # fmt: skip
+    assert main(["report", str(run)]) == 0
+    card = (run / "MODEL_CARD.md").read_text()
+    sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    top1 = json.loads((run / "eval-linear" / "results.json").read_text())["metrics"]["video_top1"]
+    assert f"sha256: `{sha}`" in card and "step 2, epoch" in card
+    assert f"| linear | 1 | {100 * top1:.1f}%" in card  # split 1 of the dataset and "eval-linear/results.json" in card
+    assert str(other) not in card and "![training curves](training.png)" in card
+    assert "| rgb | small3d_gn |" in card and "objective `cmc`" in card
+    assert main(["report", str(tmp_path)]) == 2
+    assert "is not a pretraining run directory" in capsys.readouterr().err
