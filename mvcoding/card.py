@@ -40,7 +40,7 @@ def model_card(run: str | Path) -> Path:
     from omegaconf import OmegaConf
 
     from mvcoding import __version__
-    from mvcoding.reports import sha256_file
+    from mvcoding.eval.metrics import sha256_file
 
     run = Path(run)
     ckpt, cfg_path = run / "checkpoints" / "last.pt", run / "config.yaml"

@@ -2,7 +2,7 @@
 
 mvcoding train CONFIG.yaml [key=value ...]
 mvcoding eval {linear,finetune,retrieval} CONFIG.yaml checkpoint=PATH [key=value ...]
-mvcoding eval fuse RESULT_A RESULT_B
+mvcoding eval fuse RESULT_A RESULT_B [--out DIR]
 mvcoding demo [key=value ...]
 mvcoding sweep SPEC.yaml [--only CELL ...] [--dry-run | --report] [--out DIR]
 mvcoding precompute VIEW|all CONFIG.yaml [key=value ...]
@@ -31,10 +31,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
     t.add_argument("config", help="YAML config path, e.g. configs/synthetic_rgb_flow.yaml")
     t.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
     e = sub.add_parser("eval", help="transfer to action recognition")
-    e.add_argument("task", choices=["linear", "finetune", "retrieval", "fuse"])
-    e.add_argument("config", help="YAML config path (fuse: the first results.json)")
-    e.add_argument("overrides", nargs="*", help="Hydra overrides key=value (fuse: the second results.json)")
-    e.add_argument("--out", default=None, help="fuse: the output folder (default runs/fuse-<timestamp>)")
+    tasks = e.add_subparsers(dest="task", required=True, metavar="{linear,finetune,retrieval,fuse}")
+    for task, text in (("linear", "linear probe on the frozen encoders"), ("finetune", "fine-tune one encoder"),
+                       ("retrieval", "nearest train videos of the test videos")):  # fmt: skip
+        k = tasks.add_parser(task, help=text)
+        k.add_argument("config", help="YAML config path")
+        k.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
+    u = tasks.add_parser("fuse", help="two-stream late fusion of two linear/finetune results")
+    u.add_argument("result_a", metavar="RESULT_A", help="the first results.json (or its folder)")
+    u.add_argument("result_b", metavar="RESULT_B", help="the second results.json (or its folder)")
+    u.add_argument("--out", default=None, metavar="DIR", help="the output folder (default runs/fuse-<timestamp>)")
     d = sub.add_parser("demo", help="synthetic data -> flow cache -> CMC pretraining -> linear probe, on the CPU")
     d.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
     sub.add_parser("views", help="list the registered views, where they come from, and which are cached")
@@ -102,14 +108,12 @@ def run(args: argparse.Namespace) -> None:
 
         train(load_config(args.config, args.overrides))
     elif args.command == "eval":
-        from mvcoding import transfer
+        from mvcoding.eval import evaluate, fuse
 
         if args.task == "fuse":
-            if len(args.overrides) != 1:
-                raise UserError("usage: mvcoding eval fuse RESULT_A.json RESULT_B.json")
-            transfer.fuse(args.config, args.overrides[0], out=Path(args.out) if args.out else None)
+            fuse(args.result_a, args.result_b, out=Path(args.out) if args.out else None)
         else:
-            transfer.evaluate(args.task, load_config(args.config, args.overrides))
+            evaluate(args.task, load_config(args.config, args.overrides))
     elif args.command == "demo":
         from mvcoding.demo import demo
 

@@ -20,9 +20,9 @@ log = logging.getLogger(__name__)
 
 
 def demo(overrides: list[str]) -> Path:
+    from mvcoding.eval.linear import linear_probe
     from mvcoding.precompute import main as precompute
     from mvcoding.train import train
-    from mvcoding.transfer import linear_probe
 
     config = CONFIG_DIR / "synthetic_rgb_flow.yaml"
     cfg = load_config(config, ["name=demo", *overrides])

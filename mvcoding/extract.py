@@ -28,7 +28,7 @@ SPLITS = ("train", "test", "all")
 
 def extract(cfg, *, split: str = "all", out: str | None = None) -> Path:
     """Extract and write the features; returns the output file."""
-    from mvcoding import transfer
+    from mvcoding.eval import features
 
     if split not in SPLITS:
         raise UserError(f"split={split!r} is not valid: one of: {', '.join(SPLITS)}")
@@ -37,14 +37,14 @@ def extract(cfg, *, split: str = "all", out: str | None = None) -> Path:
     out = Path(out or f"features-{split}.pt")
     if out.suffix not in (".pt", ".npy"):
         raise UserError(f"out={out} is not valid: a .pt or .npy file")
-    s = transfer.prepare(cfg, cfg.checkpoint, random_init=False)
+    s = features.prepare(cfg, cfg.checkpoint, random_init=False)
     parts = [("train", s.index.train), ("test", s.index.test)]
     parts = [(name, records) for name, records in parts if split in (name, "all")]
     clips = int(cfg.eval.clips)
     feats, index = [], []
     for name, records in parts:
-        loader = transfer.eval_loader(s, records, s.views, clips)
-        got = transfer.run_clips(s.encoders, loader, s.device, desc=f"extract {name}", views=s.views)
+        loader = features.eval_loader(s, records, s.views, clips)
+        got = features.run_clips(s.encoders, loader, s.device, desc=f"extract {name}", views=s.views)
         x = got["x"].mean(1)  # (N clips, D): the mean over crops
         feats.append(x.view(len(records), clips, -1))  # items are video-major: clip i % clips of video i // clips
         index += [{"video_id": r.video_id, "path": r.path, "label": int(r.label), "class": s.index.classes[r.label],

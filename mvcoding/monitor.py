@@ -25,8 +25,8 @@ from torch.utils.data import SequentialSampler
 from mvcoding.data import make_loader, video_lengths
 from mvcoding.datasets import load_dataset
 from mvcoding.errors import UserError
+from mvcoding.eval.features import EvalClips, run_clips
 from mvcoding.registry import View
-from mvcoding.transfer import EvalClips, run_clips
 
 log = logging.getLogger(__name__)
 

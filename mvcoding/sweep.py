@@ -26,7 +26,7 @@ The output folder::
     spec.yaml                        the spec of the latest run
     <cell-slug>/seed<s>/             the pretraining run.dir (config.yaml, metrics.jsonl, checkpoints/last.pt)
         pretrain.json                {"seconds"}: written when the pretraining finished
-        eval-linear/ eval-retrieval/ the evaluations (results.json, ...; see mvcoding.transfer)
+        eval-linear/ eval-retrieval/ the evaluations (results.json, ...; see mvcoding.eval)
         cell.json                    written last (atomically), when the cell is complete
     results.csv                      one row per cell and seed (metrics as fractions, as in results.json)
     results.json                     {"name", ..., "cells": [per cell: mean, std, values], "runs": [cell.json...]}
@@ -57,7 +57,6 @@ import io
 import json
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -337,7 +336,8 @@ def pretrain(cell: Cell, seed: int, folder: Path) -> float:
 def run_cell(spec: Spec, cell: Cell, seed: int, folder: Path) -> dict:
     """Caches, pretraining and evaluations of one (cell, seed) in `folder`; writes and returns its cell.json."""
     from mvcoding.config import load_config
-    from mvcoding.transfer import linear_probe, retrieval
+    from mvcoding.eval.linear import linear_probe
+    from mvcoding.eval.retrieval import retrieval
 
     folder.mkdir(parents=True, exist_ok=True)
     cfg = load_config(cell.config, [*cell.overrides, f"seed={seed}"])
@@ -420,7 +420,9 @@ def write_report(spec: Spec, out: Path, records: Sequence[dict]) -> None:
     }
     write_text_atomic(out / "results.json", json.dumps(summary, indent=2) + "\n")
     write_text_atomic(out / "table.md", table(spec, rows, p))
-    plot(spec, rows, p, out / "results.png")
+    from mvcoding.plots import plot_sweep
+
+    plot_sweep(spec, rows, p, out / "results.png")
 
 
 def table(spec: Spec, rows: Sequence[dict], p: float | None) -> str:
@@ -448,54 +450,6 @@ def table(spec: Spec, rows: Sequence[dict], p: float | None) -> str:
             f"{format_pm(rr['mean'], rr['std'])} | {own} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def plot(spec: Spec, rows: Sequence[dict], p: float | None, path: Path) -> None:
-    """Horizontal bars per cell (probe video top-1, and retrieval R@1 when run): mean over seeds, error
-    bars the sample std, coloured by group, the chance line on the probe panel."""
-    from matplotlib.patches import Patch
-
-    from mvcoding.reports import _pyplot
-
-    plt = _pyplot()
-
-    panels = [("video_top1", "linear probe video top-1 (%)")]
-    if any(r["retrieval_r1"]["mean"] is not None for r in rows):
-        panels.append(("retrieval_r1", "retrieval video R@1 (%)"))
-    groups = list(dict.fromkeys(r["group"] for r in rows))
-    colors = {g: plt.get_cmap("tab10")(i % 10) for i, g in enumerate(groups)}
-    fig, axes = plt.subplots(
-        1, len(panels), figsize=(4.5 * len(panels) + 2.5, 0.45 * len(rows) + 1.6), sharey=True, squeeze=False
-    )
-    ys = range(len(rows))
-    for ax, (key, title) in zip(axes[0], panels, strict=True):
-        means = [100 * (r[key]["mean"] or 0.0) for r in rows]
-        errs = [100 * (r[key]["std"] or 0.0) for r in rows]
-        ax.barh(ys, means, xerr=errs, color=[colors[r["group"]] for r in rows], capsize=3)
-        for y, m, e, r in zip(ys, means, errs, rows, strict=True):
-            if r[key]["mean"] is not None:
-                ax.text(m + e + 1, y, f"{m:.1f}", va="center", fontsize=7)
-        if key == "video_top1" and p:
-            ax.axvline(100 * p, color="grey", linestyle="--", linewidth=1)
-            ax.text(100 * p, -0.6, " chance", color="grey", fontsize=7, va="bottom")
-        ax.set_xlim(0, 105)
-        ax.set_xlabel(title)
-    axes[0][0].set_yticks(list(ys), [f"{r['cell']} (n={r['n']})" for r in rows], fontsize=8)
-    axes[0][0].invert_yaxis()
-    if len(groups) > 1 or groups[0]:
-        fig.legend(
-            [Patch(color=colors[g]) for g in groups],
-            [g or "(no group)" for g in groups],
-            loc="lower right",
-            fontsize=7,
-            ncol=min(4, len(groups)),
-        )
-    fig.suptitle(f"sweep {spec.name}: mean ± std over seeds", fontsize=9)
-    fig.tight_layout(rect=(0, 0.06 if len(groups) > 1 or groups[0] else 0, 1, 1))
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- the command

@@ -8,8 +8,8 @@ import json
 from conftest import SYNTHETIC, tiny
 from mvcoding.cli import main
 from mvcoding.config import load_config
+from mvcoding.eval import evaluate
 from mvcoding.train import train
-from mvcoding.transfer import evaluate
 
 
 def test_the_card_names_the_checkpoint_and_its_evaluations(synthetic_root, tmp_path, capsys):

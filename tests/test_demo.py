@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from conftest import tiny
-from mvcoding import transfer
 from mvcoding.cli import main
 from mvcoding.config import load_config
-from mvcoding.reports import sha256_file
-from mvcoding.transfer import EvalClips
+from mvcoding.eval import features as eval_features
+from mvcoding.eval.features import EvalClips
+from mvcoding.eval.metrics import sha256_file
 
 
 def test_demo_writes_the_summary_contract(tmp_path, capsys):
@@ -43,7 +43,7 @@ def test_demo_writes_the_summary_contract(tmp_path, capsys):
 
     # the CMC probe's features are the pretrained rgb encoder on the test clips; the baseline's are not
     cfg = load_config(run / "config.yaml")
-    s = transfer.prepare(cfg, checkpoint, random_init=False)
+    s = eval_features.prepare(cfg, checkpoint, random_init=False)
     clips = EvalClips(s.index.test, s.views, s.lengths, frames=4, stride=1, clips=2, crops=1)
     weights = torch.load(checkpoint, weights_only=True)["model"]
     encoder = s.views["rgb"].build_encoder()

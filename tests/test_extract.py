@@ -12,8 +12,8 @@ from conftest import SYNTHETIC, tiny
 from mvcoding.cli import main
 from mvcoding.config import load_config
 from mvcoding.datasets import load_dataset
+from mvcoding.eval.features import EvalClips, prepare
 from mvcoding.train import train
-from mvcoding.transfer import EvalClips, prepare
 
 
 @pytest.fixture(scope="module")

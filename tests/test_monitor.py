@@ -122,7 +122,7 @@ def test_monitor_scores_every_view_and_restores_train_mode(synthetic_root):
     # by hand: each frozen encoder on the centre clip of every video, the brute-force kNN of the test videos
     from mvcoding.data import video_lengths
     from mvcoding.datasets import load_dataset
-    from mvcoding.transfer import EvalClips
+    from mvcoding.eval.features import EvalClips
 
     index = load_dataset(cfg.dataset)
     assert (len(index.train), len(index.test)) == (videos(synthetic_root, "train"), videos(synthetic_root, "test"))

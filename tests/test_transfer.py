@@ -19,20 +19,21 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mvcoding import reports, transfer
 from mvcoding.config import CONFIG_DIR, load_config
 from mvcoding.errors import UserError
-from mvcoding.model import MultiViewModel, build_views
-from mvcoding.registry import Aug
-from mvcoding.reports import sha256_file
-from mvcoding.transfer import (
-    EvalClips,
+from mvcoding.eval import evaluate, fuse, report
+from mvcoding.eval import features as eval_features
+from mvcoding.eval.features import EvalClips, crop_boxes
+from mvcoding.eval.linear import linear_probe
+from mvcoding.eval.metrics import (
     confusion_matrix,
-    crop_boxes,
     recall_at_k,
+    sha256_file,
     topk_accuracy,
     video_scores,
 )
+from mvcoding.model import MultiViewModel, build_views
+from mvcoding.registry import Aug
 from mvcoding.transforms import crop_box
 from mvcoding.video import write_video
 
@@ -121,7 +122,7 @@ def test_classification_report_on_constructed_logits(tmp_path):
     index = SimpleNamespace(name="toy", split=2, classes=["a", "b", "c"], train=[],
                             test=[SimpleNamespace(video_id=f"v{v}") for v in range(3)])  # fmt: skip
     run = {"x": torch.tensor(crops), "label": torch.tensor(labels), "video": torch.tensor(video)}
-    metrics = reports.report_classification(tmp_path, "linear", run, index, checkpoint=None, sha256=None,
+    metrics = report.report_classification(tmp_path, "linear", run, index, checkpoint=None, sha256=None,
                                             protocol={"views": ["rgb"]}, files=[])  # fmt: skip
     assert metrics == pytest.approx({"video_top1": 2 / 3, "clip_top1": 0.5}, abs=1e-7)
     results = json.loads((tmp_path / "results.json").read_text())
@@ -204,14 +205,14 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def linear_run(tiny):
     out = tiny.root.parent / "linear"
-    assert transfer.evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **{"run.dir": out})) == out
+    assert evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **{"run.dir": out})) == out
     return out
 
 
 @pytest.fixture(scope="module")
 def random_run(tiny):
     out = tiny.root.parent / "random"
-    metrics = transfer.linear_probe(tiny.cfg(), None, out, random_init=True)
+    metrics = linear_probe(tiny.cfg(), None, out, random_init=True)
     assert metrics == json.loads((out / "results.json").read_text())["metrics"]
     return out
 
@@ -219,7 +220,7 @@ def random_run(tiny):
 # ----------------------------------------------------------------------------- data and weights
 def test_eval_clips_give_every_clip_in_three_crops(tiny):
     cfg = tiny.cfg()
-    s = transfer.prepare(cfg, tiny.checkpoint, random_init=False)
+    s = eval_features.prepare(cfg, tiny.checkpoint, random_init=False)
     data = EvalClips(s.index.test, s.views, s.lengths, frames=4, stride=2, clips=2, crops=3)
     assert len(data) == 2 * len(s.index.test)
     item = data[3]  # clip 1 of video 1
@@ -238,28 +239,28 @@ def test_eval_clips_give_every_clip_in_three_crops(tiny):
 def test_encoder_weights_come_from_the_checkpoint(tiny):
     cfg = tiny.cfg()
     views = build_views(cfg, ["rgb"])
-    enc = transfer.load_encoders(views, tiny.checkpoint)["rgb"]
+    enc = eval_features.load_encoders(views, tiny.checkpoint)["rgb"]
     for k, v in enc.state_dict().items():
         assert torch.equal(v, tiny.state[f"encoders.rgb.{k}"]), k
-    random = transfer.load_encoders(views, None)["rgb"]
+    random = eval_features.load_encoders(views, None)["rgb"]
     assert not torch.equal(random.state_dict()["features.0.weight"], tiny.state["encoders.rgb.features.0.weight"])
 
 
 def test_checkpoint_errors(tiny, tmp_path):
     with pytest.raises(UserError, match="no checkpoint given"):
-        transfer.evaluate("linear", tiny.cfg(**{"run.dir": tmp_path / "a"}))
+        evaluate("linear", tiny.cfg(**{"run.dir": tmp_path / "a"}))
     with pytest.raises(UserError, match="no checkpoint there"):
-        transfer.evaluate("linear", tiny.cfg(checkpoint=tmp_path / "missing.pt", **{"run.dir": tmp_path / "b"}))
+        evaluate("linear", tiny.cfg(checkpoint=tmp_path / "missing.pt", **{"run.dir": tmp_path / "b"}))
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="cannot read checkpoint"):
-        transfer.evaluate("linear", tiny.cfg(checkpoint=tmp_path / "bad.pt", **{"run.dir": tmp_path / "c"}))
+        evaluate("linear", tiny.cfg(checkpoint=tmp_path / "bad.pt", **{"run.dir": tmp_path / "c"}))
     with pytest.raises(UserError, match="does not fit views.rgb"):
         cfg = tiny.cfg(checkpoint=tiny.checkpoint, **{"views.rgb.encoder": "mc3_18", "run.dir": tmp_path / "d"})
-        transfer.evaluate("retrieval", cfg)
+        evaluate("retrieval", cfg)
     with pytest.raises(UserError, match="must name views of the config"):
-        transfer.evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **{"eval.views": "[depth]"}))
+        evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **{"eval.views": "[depth]"}))
     with pytest.raises(UserError, match="unknown eval task"):
-        transfer.evaluate("knn", tiny.cfg())
+        evaluate("knn", tiny.cfg())
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -299,7 +300,7 @@ def test_linear_results_agree_with_the_saved_features(tiny, linear_run):
     encoder = build_views(tiny.cfg(), ["rgb"])["rgb"].build_encoder()
     encoder.load_state_dict({k.removeprefix("encoders.rgb."): v for k, v in tiny.state.items()
                              if k.startswith("encoders.rgb.")})  # fmt: skip
-    s = transfer.prepare(tiny.cfg(), tiny.checkpoint, random_init=False)
+    s = eval_features.prepare(tiny.cfg(), tiny.checkpoint, random_init=False)
     clips = EvalClips(s.index.test, s.views, s.lengths, frames=4, stride=2, clips=2, crops=3)
     with torch.no_grad():
         for i in (0, 5, 11):
@@ -316,7 +317,7 @@ def test_results_json_holds_fractional_accuracies_to_6_digits(tiny, linear_run, 
     (tiny.root / "test_mislabelled.txt").write_text("\n".join([f"{path} {(int(label) + 1) % 3}", *lines[1:]]) + "\n")
     out = tmp_path / "mislabelled"
     over = {"run.dir": out, "dataset.test_list": "test_mislabelled.txt"}
-    transfer.evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **over))
+    evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **over))
     assert json.loads((out / "results.json").read_text())["metrics"] == {"video_top1": 0.833333, "clip_top1": 0.833333}
 
 
@@ -326,11 +327,11 @@ def test_features_are_reused_for_the_same_run_dir(tiny, linear_run, monkeypatch)
     def no_extraction(*args, **kwargs):
         raise AssertionError("features were extracted again")
 
-    monkeypatch.setattr(transfer, "run_clips", no_extraction)
-    transfer.evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **{"run.dir": linear_run}))
+    monkeypatch.setattr(eval_features, "run_clips", no_extraction)
+    evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **{"run.dir": linear_run}))
     assert json.loads((linear_run / "results.json").read_text())["metrics"] == before
     with pytest.raises(AssertionError, match="extracted again"):  # other clip sampling -> new features
-        transfer.evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **{"run.dir": linear_run, "eval.clips": 3}))
+        evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **{"run.dir": linear_run, "eval.clips": 3}))
 
 
 def test_random_init_is_a_different_encoder(random_run, linear_run):
@@ -355,8 +356,8 @@ def test_linear_probe_fits_on_train_features_only(tiny, linear_run, tmp_path, mo
     def no_extraction(*args, **kwargs):
         raise AssertionError("features were extracted again")
 
-    monkeypatch.setattr(transfer, "run_clips", no_extraction)
-    transfer.evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **{"run.dir": out}))
+    monkeypatch.setattr(eval_features, "run_clips", no_extraction)
+    evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **{"run.dir": out}))
     ours = torch.load(out / "classifier.pt", weights_only=True)
     ref = torch.load(linear_run / "classifier.pt", weights_only=True)
     for key in ("weight", "bias", "mean", "std"):
@@ -374,15 +375,15 @@ def test_linear_probe_fits_on_train_features_only(tiny, linear_run, tmp_path, mo
 
 def test_eval_with_loader_workers_gives_the_same_features(tiny, linear_run, tmp_path, monkeypatch):
     """data.workers=2: the clips are decoded in worker processes, in order; features and metrics as with none."""
-    loaders, make = [], transfer.make_loader
+    loaders, make = [], eval_features.make_loader
 
     def recording(*args, **kwargs):
         loaders.append(make(*args, **kwargs))
         return loaders[-1]
 
-    monkeypatch.setattr(transfer, "make_loader", recording)
+    monkeypatch.setattr(eval_features, "make_loader", recording)
     out = tmp_path / "workers"
-    transfer.evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **{"run.dir": out, "data.workers": 2}))
+    evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **{"run.dir": out, "data.workers": 2}))
     assert [loader.num_workers for loader in loaders] == [2, 2]  # train and test features
     ours = torch.load(out / "features.pt", weights_only=True)
     ref = torch.load(linear_run / "features.pt", weights_only=True)
@@ -419,14 +420,14 @@ def test_flow_view_and_rgb_flow_fusion_in_eval(tiny, two_view, tmp_path):
     for name, views in (("flow", "[flow]"), ("rgb", "[rgb]"), ("both", "[rgb,flow]")):
         runs[name] = tmp_path / name
         over = {"checkpoint": checkpoint, "run.dir": runs[name], "eval.views": views, "eval.crops": 1}
-        transfer.evaluate("linear", tiny.cfg(**over))
+        evaluate("linear", tiny.cfg(**over))
     feats = {n: torch.load(r / "features.pt", weights_only=True) for n, r in runs.items()}
     assert feats["flow"]["test"]["x"].shape == (12, 1, 256)
     for split in ("train", "test"):
         both = torch.cat([feats["rgb"][split]["x"], feats["flow"][split]["x"]], dim=-1)
         assert torch.equal(feats["both"][split]["x"], both), split
     # the flow features are the checkpoint's flow encoder on the cached flow of each clip, by hand
-    s = transfer.prepare(tiny.cfg(**{"eval.views": "[flow]"}), checkpoint, random_init=False)
+    s = eval_features.prepare(tiny.cfg(**{"eval.views": "[flow]"}), checkpoint, random_init=False)
     clips = EvalClips(s.index.test, s.views, s.lengths, frames=4, stride=2, clips=2, crops=1)
     encoder = s.views["flow"].build_encoder()
     encoder.load_state_dict({k.removeprefix("encoders.flow."): v for k, v in state.items()
@@ -455,7 +456,7 @@ def test_flow_view_and_rgb_flow_fusion_in_eval(tiny, two_view, tmp_path):
 
 def test_retrieval_recall_agrees_with_a_plain_loop(tiny, tmp_path):
     out = tmp_path / "retrieval"
-    transfer.evaluate("retrieval", tiny.cfg(checkpoint=tiny.checkpoint, **{"run.dir": out}))
+    evaluate("retrieval", tiny.cfg(checkpoint=tiny.checkpoint, **{"run.dir": out}))
     results = json.loads((out / "results.json").read_text())
     assert results["task"] == "retrieval" and results["level"]["recall@1"].startswith("video")
     assert (out / "retrieval.png").stat().st_size > 5000 and (out / "summary.md").is_file()
@@ -474,7 +475,7 @@ def test_retrieval_recall_agrees_with_a_plain_loop(tiny, tmp_path):
 def test_finetune_trains_the_backbone_at_its_own_rate(tiny, tmp_path, mult):
     out = tmp_path / f"finetune{mult}"
     over = {"run.dir": out, "eval.finetune.backbone_lr_mult": mult, "eval.crops": 1}
-    transfer.evaluate("finetune", tiny.cfg(checkpoint=tiny.checkpoint, **over))
+    evaluate("finetune", tiny.cfg(checkpoint=tiny.checkpoint, **over))
     results = json.loads((out / "results.json").read_text())
     assert results["task"] == "finetune" and results["protocol"]["views"] == ["rgb"]
     saved = torch.load(out / "probs.pt", weights_only=True)
@@ -490,7 +491,7 @@ def test_finetune_trains_the_backbone_at_its_own_rate(tiny, tmp_path, mult):
 
 
 def test_fuse_averages_the_two_streams(tiny, linear_run, random_run, tmp_path):
-    out = transfer.fuse(linear_run / "results.json", random_run, out=tmp_path / "fused")
+    out = fuse(linear_run / "results.json", random_run, out=tmp_path / "fused")
     results = json.loads((out / "results.json").read_text())
     a = torch.load(linear_run / "probs.pt", weights_only=True)
     b = torch.load(random_run / "probs.pt", weights_only=True)
@@ -507,12 +508,12 @@ def test_fuse_averages_the_two_streams(tiny, linear_run, random_run, tmp_path):
     saved = torch.load(other / "probs.pt", weights_only=True)
     torch.save(saved | {"video_ids": saved["video_ids"][::-1]}, other / "probs.pt")
     with pytest.raises(UserError, match="different test videos"):
-        transfer.fuse(linear_run / "results.json", other / "results.json", out=tmp_path / "x")
+        fuse(linear_run / "results.json", other / "results.json", out=tmp_path / "x")
     torch.save(saved | {"split": 2}, other / "probs.pt")
     with pytest.raises(UserError, match="split"):
-        transfer.fuse(linear_run, other, out=tmp_path / "x")
+        fuse(linear_run, other, out=tmp_path / "x")
     with pytest.raises(UserError, match="no results.json"):
-        transfer.fuse(linear_run, tmp_path / "nowhere", out=tmp_path / "x")
+        fuse(linear_run, tmp_path / "nowhere", out=tmp_path / "x")
 
 
 def test_cli_eval_runs_and_reports_user_errors(tiny, tmp_path, capsys):
@@ -543,15 +544,15 @@ def test_a_checkpoint_or_probs_file_with_a_payload_is_refused_without_running_it
     hostile = tmp_path / "hostile.pt"
     torch.save({"model": tiny.state, "views": ["rgb"], "extra": Payload(marker)}, hostile)
     with pytest.raises(UserError, match="refusing to load .*hostile.pt"):
-        transfer.evaluate("linear", tiny.cfg(checkpoint=hostile, **{"run.dir": tmp_path / "a"}))
+        evaluate("linear", tiny.cfg(checkpoint=hostile, **{"run.dir": tmp_path / "a"}))
     folder = tmp_path / "result"
     shutil.copytree(linear_run, folder)
     torch.save({"probs": torch.zeros(1), "extra": Payload(marker)}, folder / "probs.pt")
     with pytest.raises(UserError, match="refusing to load .*probs.pt"):
-        transfer.fuse(folder / "results.json", linear_run, out=tmp_path / "fused")
+        fuse(folder / "results.json", linear_run, out=tmp_path / "fused")
     features = tmp_path / "b" / "features.pt"  # a features cache found in an eval run dir
     features.parent.mkdir()
     torch.save({"key": None, "extra": Payload(marker)}, features)
     with pytest.raises(UserError, match="refusing to load .*features.pt"):
-        transfer.evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **{"run.dir": tmp_path / "b"}))
+        evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **{"run.dir": tmp_path / "b"}))
     assert not marker.exists()

@@ -205,8 +205,10 @@ def test_built_in_views_pickle(name, setup):
 
 def test_every_built_in_view_trains_and_evaluates_with_spawned_workers(four_root, tmp_path, monkeypatch):
     """DataLoader workers started with spawn get the dataset pickled and import the views afresh."""
-    from mvcoding import data, transfer
+    from mvcoding import data
     from mvcoding import train as train_module
+    from mvcoding.eval import evaluate
+    from mvcoding.eval import features as eval_features
 
     contexts = []
 
@@ -216,7 +218,7 @@ def test_every_built_in_view_trains_and_evaluates_with_spawned_workers(four_root
         return loader
 
     monkeypatch.setattr(train_module, "make_loader", recording)
-    monkeypatch.setattr(transfer, "make_loader", recording)
+    monkeypatch.setattr(eval_features, "make_loader", recording)
     extra = {f"views.{n}.{k}": v for n in BUILT_IN for k, v in small(n).items()}  # adds lab_l and lab_ab
     extra["data.start_method"] = "spawn"
     over = {"run.dir": tmp_path / "run", "train.max_steps": 2, "objective.graph": "core", "objective.anchor": "rgb",
@@ -227,7 +229,7 @@ def test_every_built_in_view_trains_and_evaluates_with_spawned_workers(four_root
 
     over = {"run.dir": tmp_path / "eval", "checkpoint": run / "checkpoints" / "last.pt", "data.workers": 1,
             "eval.views": f"[{','.join(BUILT_IN)}]", "eval.clips": 1, "eval.linear.epochs": 2, **extra}  # fmt: skip
-    out = transfer.evaluate("linear", load_config(FOUR, tiny(four_root, **over)))
+    out = evaluate("linear", load_config(FOUR, tiny(four_root, **over)))
     results = json.loads((out / "results.json").read_text())
     assert np.isfinite(results["metrics"]["video_top1"]) and contexts[1:] == ["spawn"] * (len(contexts) - 1) != []
 

@@ -1,0 +1,236 @@
+"""What every evaluation shares: multi-clip, multi-crop eval data, the setup (dataset, views, encoders
+with the checkpoint's weights), forward passes over the eval clips and the cached frozen features."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import Dataset, SequentialSampler
+
+from mvcoding.data import MultiViewClips, make_loader, video_lengths
+from mvcoding.datasets import DatasetIndex, load_dataset
+from mvcoding.errors import UserError
+from mvcoding.eval.metrics import sha256_file
+from mvcoding.files import load_safe, save_atomic
+from mvcoding.model import build_encoder_of, build_views
+from mvcoding.registry import Aug, View
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- multi-clip, multi-crop data
+def crop_boxes(height: int, width: int, crops: int) -> list:
+    """Fractional crops (y0, x0, h, w) for eval: 1 -> [None] (the centre square); 3 -> three squares
+    along the long side (left/top, centre, right/bottom)."""
+    if crops == 1:
+        return [None]
+    if crops != 3:
+        raise UserError(f"eval.crops={crops} is not valid; choose 1 (centre) or 3 (along the long side)")
+    if width >= height:
+        fw = min(height, width) / width
+        return [(0.0, x0, 1.0, fw) for x0 in (0.0, (1 - fw) / 2, 1 - fw)]
+    fh = width / height
+    return [(y0, 0.0, fh, 1.0) for y0 in (0.0, (1 - fh) / 2, 1 - fh)]
+
+
+class EvalClips(Dataset):
+    """The eval clips of `records` (item i = clip i % clips of video i // clips), each decoded once
+    and transformed into `crops` spatial crops: {view: (K, ...), "label", "video", "clip"}."""
+
+    def __init__(self, records, views: dict[str, View], lengths, *, frames: int, stride: int, clips: int, crops: int):
+        self.base = MultiViewClips(records, views, lengths, frames=frames, stride=stride, train=False, clips=clips)
+        self.crops = crops
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        clip = self.base.clip(i, np.random.default_rng(0))  # eval windows are fixed; the generator is unused
+        item, decoded = {}, {}
+        for name, view in self.base.views.items():
+            if view.source is not None and view.source in decoded:  # one decode per source (rgb, lab_*)
+                x = decoded[view.source]
+            else:
+                x = view.decode(clip)
+                if view.source is not None:
+                    decoded[view.source] = x
+            boxes = crop_boxes(x.shape[-2], x.shape[-1], self.crops)
+            item[name] = torch.stack([view.transform(x, Aug(train=False, crop=box)) for box in boxes])
+        video = i // self.base.clips
+        return item | {"label": self.base.records[video].label, "video": video, "clip": i % self.base.clips}
+
+
+# ----------------------------------------------------------------------------- setup
+@dataclass
+class EvalSetup:
+    cfg: DictConfig
+    device: torch.device
+    index: DatasetIndex
+    views: dict[str, View]
+    encoders: dict[str, nn.Module]
+    lengths: dict
+    checkpoint: str | None  # None: random init
+    sha256: str | None
+
+
+def resolve_checkpoint(checkpoint) -> Path:
+    """checkpoint=PATH of a .pt file or of a run directory (its checkpoints/last.pt)."""
+    if not checkpoint:
+        raise UserError("no checkpoint given; pass checkpoint=PATH (a .pt file or a run directory) "
+                        "or eval.random_init=true for the random-init baseline")  # fmt: skip
+    path = Path(str(checkpoint))
+    if path.is_dir():
+        path = next((p for p in (path / "checkpoints" / "last.pt", path / "last.pt") if p.is_file()), path)
+    if not path.is_file():
+        raise UserError(f"checkpoint={checkpoint}: no checkpoint there; pass a .pt file written by mvcoding train")
+    return path
+
+
+def load_encoders(views: dict[str, View], checkpoint: Path | None) -> dict[str, nn.Module]:
+    """One encoder per view, with the checkpoint's "encoders.<view>.*" weights (random when None)."""
+    encoders = {n: build_encoder_of(n, v) for n, v in views.items()}
+    if checkpoint is None:
+        return encoders
+    try:
+        ckpt = load_safe(checkpoint)
+        state = ckpt["model"]
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"cannot read checkpoint {checkpoint} ({type(e).__name__}: {str(e)[:120]}); "
+                        "pass a checkpoint written by mvcoding train") from e  # fmt: skip
+    saved = ckpt.get("views") or sorted({k.split(".")[1] for k in state if k.startswith("encoders.")})
+    for name, encoder in encoders.items():
+        prefix = f"encoders.{name}."
+        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if not weights:
+            raise UserError(f"checkpoint {checkpoint} has no encoder for view {name!r} (it has {list(saved)}); "
+                            "set eval.views to some of those")  # fmt: skip
+        try:
+            encoder.load_state_dict(weights)
+        except RuntimeError as e:
+            trained = (ckpt.get("config") or {}).get("views", {}).get(name)
+            reason = str(e).strip().splitlines()[-1].strip()[:160]
+            raise UserError(f"the {name} encoder in {checkpoint} does not fit views.{name} of this config "
+                            f"({reason}); use the pretraining settings views.{name}={trained}") from e  # fmt: skip
+    return encoders
+
+
+def prepare(cfg: DictConfig, checkpoint, *, random_init: bool, names=None) -> EvalSetup:
+    """Dataset, views, encoders (frozen weights loaded) and video lengths for an evaluation."""
+    from mvcoding.train import pick_device
+
+    e = cfg.eval
+    names = list(e.views if names is None else names)
+    missing = [n for n in names if n not in (cfg.views or {})]
+    if not names or missing:
+        raise UserError(f"eval.views={names} must name views of the config (views: {list(cfg.views or {})}); "
+                        "set eval.views=[rgb] or add the view under views:")  # fmt: skip
+    for key in ("clips", "train_clips"):
+        if int(e[key]) < 1:
+            raise UserError(f"eval.{key}={e[key]} must be at least 1")
+    crop_boxes(2, 2, int(e.crops))  # validates eval.crops
+    path = None if random_init else resolve_checkpoint(checkpoint)
+    index = load_dataset(cfg.dataset)
+    if not index.train or not index.test:
+        raise UserError(f"dataset {index.name} split {index.split} has {len(index.train)} train and "
+                        f"{len(index.test)} test videos; evaluation needs both")  # fmt: skip
+    views = build_views(cfg, names)
+    for view in views.values():
+        if view.check is not None:
+            view.check(index.train + index.test)
+    torch.manual_seed(cfg.seed)  # random-init encoders are the same on every run
+    encoders = load_encoders(views, path)
+    lengths = video_lengths(index.train + index.test, cfg)
+    log.info("evaluating views %s (%s) on %s split %d: %d train / %d test videos, %d classes", names,
+             path or "random init", index.name, index.split, len(index.train), len(index.test),
+             len(index.classes))  # fmt: skip
+    sha = sha256_file(path) if path is not None else None
+    return EvalSetup(cfg, pick_device(cfg.device), index, views, encoders, lengths,
+                     str(path) if path else None, sha)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- forward passes
+def progress(iterable: Iterable, *, desc: str, total: int | None = None) -> Iterator:
+    """A tqdm bar on a terminal; elsewhere (logs, CI) a log line about every tenth of the way."""
+    total = len(iterable) if total is None else total  # type: ignore[arg-type]
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        yield from tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+        return
+    every, t0 = max(1, total // 10), time.perf_counter()
+    for i, x in enumerate(iterable, start=1):
+        yield x
+        if i % every == 0 or i == total:
+            log.info("%s: %d/%d batches (%.0f s)", desc, i, total, time.perf_counter() - t0)
+
+
+def eval_loader(s: EvalSetup, records, views: dict[str, View], clips: int):
+    cfg = s.cfg
+    data = EvalClips(records, views, s.lengths, frames=cfg.data.frames, stride=cfg.data.stride, clips=clips,
+                     crops=int(cfg.eval.crops))  # fmt: skip
+    pin = s.device.type == "cuda" if cfg.data.pin_memory == "auto" else bool(cfg.data.pin_memory)
+    return make_loader(data, SequentialSampler(data), batch_size=int(cfg.eval.batch_size), workers=cfg.data.workers,
+                       prefetch=cfg.data.prefetch, pin_memory=pin, drop_last=False,
+                       start_method=cfg.data.start_method)  # fmt: skip
+
+
+@torch.no_grad()
+def run_clips(modules: dict[str, nn.Module], loader, device: torch.device, desc: str, views=None) -> dict:
+    """Outputs of every eval clip and crop: {"x": (N, K, D) (views concatenated), "label", "video"} (N,).
+    views: {name: View} whose device_transform turns the loader's items into the modules' input."""
+    for m in modules.values():
+        m.to(device).eval()
+    xs, labels, videos = [], [], []
+    for batch in progress(loader, desc=desc):
+        parts = []
+        for name, module in modules.items():
+            x = batch[name].to(device, non_blocking=True)  # (B, K, ...)
+            if views is not None and views[name].device_transform is not None:
+                x = views[name].device_transform(x)
+            parts.append(module(x.flatten(0, 1)).float().view(x.shape[0], x.shape[1], -1).cpu())
+        xs.append(torch.cat(parts, dim=-1))
+        labels.append(batch["label"])
+        videos.append(batch["video"])
+    return {"x": torch.cat(xs), "label": torch.cat(labels), "video": torch.cat(videos)}
+
+
+def clip_features(s: EvalSetup, out: Path) -> dict:
+    """Frozen features {"train": ..., "test": ...} (see run_clips), cached in out/features.pt.
+
+    The cache is reused when everything that shapes the features is the same (checkpoint hash, views
+    and their settings, clip sampling, dataset and split videos)."""
+    cfg, e = s.cfg, s.cfg.eval
+    key = {
+        "checkpoint_sha256": s.sha256, "seed": cfg.seed if s.sha256 is None else None,
+        "views": {n: v.settings for n, v in s.views.items()}, "frames": cfg.data.frames, "stride": cfg.data.stride,
+        "size": cfg.data.size, "clips": int(e.clips), "train_clips": int(e.train_clips), "crops": int(e.crops),
+        "train": [r.video_id for r in s.index.train], "test": [r.video_id for r in s.index.test],
+    }  # fmt: skip
+    path = out / "features.pt"
+    if path.is_file():
+        cached = load_safe(path)
+        if cached.get("key") == json.loads(json.dumps(key)):
+            log.info("reusing the features in %s", path)
+            return cached
+        log.info("the features in %s were made differently; extracting again", path)
+    t0 = time.perf_counter()
+    feats = {"key": key}
+    for split, records, clips in (("train", s.index.train, e.train_clips), ("test", s.index.test, e.clips)):
+        loader = eval_loader(s, records, s.views, int(clips))
+        feats[split] = run_clips(s.encoders, loader, s.device, desc=f"features {split}", views=s.views)
+    log.info("features: train %s, test %s (clips x crops x dim) in %.0f s",
+             tuple(feats["train"]["x"].shape), tuple(feats["test"]["x"].shape), time.perf_counter() - t0)  # fmt: skip
+    save_atomic(json.loads(json.dumps({"key": key})) | {k: feats[k] for k in ("train", "test")}, path)
+    return feats

@@ -1,0 +1,83 @@
+"""Fine-tuning: one encoder with a new head, trained end to end, tested with multi-clip sampling."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from mvcoding.data import EpochSampler, MultiViewClips, make_loader
+from mvcoding.eval.features import eval_loader, prepare, progress, run_clips
+from mvcoding.eval.report import log_metrics, protocol, report, start_run
+from mvcoding.files import save_atomic
+from mvcoding.optim import build_optimizer, lr_factor
+
+log = logging.getLogger(__name__)
+
+
+def finetune(cfg: DictConfig, out: Path) -> dict:
+    """Fine-tune the encoder of cfg.eval.views[0] with a new dropout + linear head, train-time
+    augmentation and a backbone lr of lr * backbone_lr_mult; test with multi-clip sampling."""
+    ft = cfg.eval.finetune
+    if len(cfg.eval.views) > 1:
+        log.warning("finetune trains one encoder: using %s of eval.views=%s", cfg.eval.views[0], list(cfg.eval.views))
+    s = prepare(cfg, cfg.checkpoint, random_init=bool(cfg.eval.random_init), names=list(cfg.eval.views)[:1])
+    out = start_run(cfg, out)
+    name = next(iter(s.views))
+    encoder = s.encoders[name]
+    torch.manual_seed(cfg.seed)
+    head = nn.Sequential(nn.Dropout(ft.dropout), nn.Linear(encoder.feat_dim, len(s.index.classes)))
+    model = nn.Sequential(encoder, head).to(s.device)
+
+    data = MultiViewClips(s.index.train, {name: s.views[name]}, s.lengths, frames=cfg.data.frames,
+                          stride=cfg.data.stride, train=True, scale=cfg.data.scale, flip=cfg.data.flip,
+                          seed=cfg.seed)  # fmt: skip
+    b = min(int(ft.batch_size), len(data))
+    sampler = EpochSampler(len(data), seed=cfg.seed, shuffle=True, batch_size=b)
+    pin = s.device.type == "cuda" if cfg.data.pin_memory == "auto" else bool(cfg.data.pin_memory)
+    loader = make_loader(data, sampler, batch_size=b, workers=cfg.data.workers, prefetch=cfg.data.prefetch,
+                         pin_memory=pin, drop_last=True, start_method=cfg.data.start_method)  # fmt: skip
+    groups = [{"params": encoder.parameters(), "lr": ft.lr * ft.backbone_lr_mult},
+              {"params": head.parameters(), "lr": ft.lr}]  # fmt: skip
+    opt = build_optimizer(groups, ft.optimizer, lr=ft.lr, weight_decay=ft.weight_decay, key="eval.finetune.optimizer")
+    total = int(ft.epochs) * len(sampler) // b
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, total, "cosine"))
+    autocast = torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.device.type == "cuda")
+    step = 0
+    for epoch in range(int(ft.epochs)):
+        data.epoch = epoch
+        sampler.set_epoch(epoch)
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for batch in progress(loader, desc=f"finetune epoch {epoch + 1}/{ft.epochs}"):
+            x, y = batch[name].to(s.device, non_blocking=True), batch["label"].to(s.device)
+            if s.views[name].device_transform is not None:
+                x = s.views[name].device_transform(x)
+            with autocast:
+                logits = model(x).float()
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            loss_sum, seen = loss_sum + loss.item() * len(y), seen + len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+        rec = {"epoch": epoch + 1, "step": step, "loss": loss_sum / max(1, seen), "train_top1": correct / max(1, seen)}
+        rec["lr"] = sched.get_last_lr()[-1]
+        log.info("finetune epoch %d/%d: loss %.4f, train top-1 %.1f%%", epoch + 1, ft.epochs, rec["loss"],
+                 100 * rec["train_top1"])  # fmt: skip
+        log_metrics(out, rec)
+
+    save_atomic({"encoder": encoder.state_dict(), "head": head.state_dict(), "view": name,
+                         "classes": s.index.classes}, out / "finetuned.pt")  # fmt: skip
+    test = run_clips({name: model}, eval_loader(s, s.index.test, {name: s.views[name]}, int(cfg.eval.clips)),
+                     s.device, desc="finetune test", views={name: s.views[name]})  # fmt: skip
+    proto = protocol(s, [name], epochs=int(ft.epochs), lr=ft.lr, backbone_lr_mult=ft.backbone_lr_mult,
+                     dropout=ft.dropout, batch_size=b, optimizer=ft.optimizer, train_scale=list(cfg.data.scale),
+                     train_flip=bool(cfg.data.flip))  # fmt: skip
+    return report(s, out, "finetune", test, proto, ["finetuned.pt", "metrics.jsonl"])

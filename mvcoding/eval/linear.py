@@ -1,0 +1,84 @@
+"""The linear probe: a linear classifier on the frozen, standardised features of eval.views."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from mvcoding.eval.features import clip_features, prepare
+from mvcoding.eval.report import log_metrics, protocol, report, start_run
+from mvcoding.files import save_atomic
+from mvcoding.optim import build_optimizer, lr_factor
+
+log = logging.getLogger(__name__)
+
+
+def train_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, lcfg, *, seed: int, device: torch.device,
+                 out: Path | None = None) -> nn.Linear:  # fmt: skip
+    """A linear classifier on standardised features x (N, D) with labels y (N,): minibatch (or full
+    batch when lcfg.batch_size is null or >= N) SGD with momentum 0.9, Adam or AdamW, cosine-decayed lr."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    x, y = x.to(device), y.to(device)
+    clf = nn.Linear(x.shape[1], num_classes).to(device)
+    opt = build_optimizer(
+        clf.parameters(), lcfg.optimizer, lr=lcfg.lr, weight_decay=lcfg.weight_decay, key="eval.linear.optimizer"
+    )
+    n = len(x)
+    bs = n if not lcfg.batch_size or lcfg.batch_size >= n else int(lcfg.batch_size)
+    total, step = int(lcfg.epochs) * math.ceil(n / bs), 0
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, total, "cosine"))
+    every = max(1, int(lcfg.epochs) // 10)
+    for epoch in range(int(lcfg.epochs)):
+        perm = torch.randperm(n, generator=g).to(device)
+        loss_sum, correct = 0.0, 0
+        for i in range(0, n, bs):
+            idx = perm[i : i + bs]
+            logits = clf(x[idx])
+            loss = F.cross_entropy(logits, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            loss_sum += loss.item() * len(idx)
+            correct += (logits.argmax(1) == y[idx]).sum().item()
+        if (epoch + 1) % every == 0 or epoch + 1 == lcfg.epochs:
+            rec = {"epoch": epoch + 1, "step": step, "loss": loss_sum / n, "train_top1": correct / n,
+                   "lr": sched.get_last_lr()[0]}  # fmt: skip
+            log.info("linear classifier epoch %d/%d: loss %.4f, train top-1 %.1f%%", epoch + 1, lcfg.epochs,
+                     rec["loss"], 100 * rec["train_top1"])  # fmt: skip
+            if out is not None:
+                log_metrics(out, rec)
+    return clf.eval()
+
+
+def linear_probe(cfg: DictConfig, checkpoint: str | None, out: Path, random_init: bool = False) -> dict:
+    """Linear probe on the frozen encoders of cfg.eval.views (features concatenated); writes the
+    linear files (module docstring) into `out` and returns the metrics dict."""
+    s = prepare(cfg, checkpoint, random_init=random_init)
+    out = start_run(cfg, out)
+    feats = clip_features(s, out)
+    train, test = feats["train"], feats["test"]
+    k = train["x"].shape[1]
+    x = train["x"].flatten(0, 1)  # (N_train * K, D): every train clip and crop is a sample
+    y = train["label"].repeat_interleave(k)
+    mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
+    clf = train_linear((x - mean) / std, y, len(s.index.classes), cfg.eval.linear, seed=cfg.seed, device=s.device,
+                       out=out)  # fmt: skip
+    with torch.no_grad():
+        scores = clf(((test["x"] - mean) / std).to(s.device)).cpu()  # (N_test, K, C)
+    weights = {"weight": clf.weight.detach().cpu(), "bias": clf.bias.detach().cpu(), "mean": mean, "std": std}
+    save_atomic(weights | {"views": list(s.views), "classes": s.index.classes}, out / "classifier.pt")
+    lc = cfg.eval.linear
+    proto = protocol(s, s.views, train_clips=int(cfg.eval.train_clips), epochs=int(lc.epochs), lr=lc.lr,
+                     weight_decay=lc.weight_decay, batch_size=lc.batch_size,
+                     optimizer=lc.optimizer)  # fmt: skip
+    return report(s, out, "linear", test | {"x": scores}, proto,
+                                 ["features.pt", "classifier.pt", "metrics.jsonl"])  # fmt: skip
