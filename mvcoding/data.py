@@ -69,6 +69,20 @@ def video_lengths(records, cfg) -> dict[str, tuple[int, float]]:
     return {r.video_id: (int(known[r.video_id]["num_frames"]), float(known[r.video_id]["fps"])) for r in records}
 
 
+def decode_views(views: dict[str, View], clip: Clip) -> dict[str, torch.Tensor]:
+    """{view: view.decode(clip)}, decoding once per source: views with the same View.source (rgb, lab_l,
+    lab_ab) share one decode of the item's frames."""
+    out, by_source = {}, {}
+    for name, view in views.items():
+        if view.source is None:
+            out[name] = view.decode(clip)
+        else:
+            if view.source not in by_source:
+                by_source[view.source] = view.decode(clip)
+            out[name] = by_source[view.source]
+    return out
+
+
 def clip_starts(num_frames: int, span: int, clips: int) -> list[int]:
     """Start frames of `clips` windows of `span` frames spread uniformly over a video."""
     last = num_frames - span
@@ -127,14 +141,9 @@ class MultiViewClips(Dataset):
         rng = np.random.default_rng((self.seed, self.epoch, i))
         clip = self.clip(i, rng)
         aug = sample_aug(rng, train=self.train, scale=self.scale, flip=self.flip)
-        item, decoded = {}, {}
-        for name, view in self.views.items():
-            if view.source is None:
-                x = view.decode(clip)
-            elif view.source in decoded:  # rgb, lab_l, lab_ab: one decode of the item's frames
-                x = decoded[view.source]
-            else:
-                x = decoded[view.source] = view.decode(clip)
+        item = {}
+        for name, x in decode_views(self.views, clip).items():
+            view = self.views[name]
             item[name] = view.transform(x, aug)
             if not self.shared_crop:  # each view its own crop; the flip stays shared (it mirrors motion)
                 aug = replace(sample_aug(rng, train=self.train, scale=self.scale, flip=False), flip=aug.flip)

@@ -18,7 +18,6 @@ training checkpoint or an export and returns the encoder in eval mode.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from functools import partial
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from mvcoding.errors import UserError
+from mvcoding.eval.metrics import sha256_file
 from mvcoding.files import load_safe, save_atomic, write_text_atomic
 
 FORMAT = "mvcoding-encoder"
@@ -43,14 +43,6 @@ _INPUTS = {
     "audio": "a log-mel spectrogram normalised as views.audio.norm says (mvcoding.views.audio); "
     "(B, 1, n_mels, time) float32, a 2D input",
 }
-
-
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _resolve(path: str | Path) -> Path:
@@ -185,7 +177,7 @@ def _spec(path: Path, ckpt: dict, view: str) -> tuple[dict, dict]:
             "size": settings.get("size") or data.get("size"),
         },
         "settings": settings,
-        "checkpoint": {"path": str(path), "sha256": sha256(path), "step": ckpt.get("step")},
+        "checkpoint": {"path": str(path), "sha256": sha256_file(path), "step": ckpt.get("step")},
     }
     return info, weights
 

@@ -435,10 +435,13 @@ class StopOnSignal:
             raise KeyboardInterrupt
         self.signum = signum
 
-    def requested(self, device: torch.device) -> int:
-        """The signal number to stop on (0: go on), the same on every rank."""
+    def requested(self, device: torch.device, step: int, every: int) -> int:
+        """The signal number to stop on (0: go on), the same on every rank. One process reads its flag at
+        every step; under torchrun the ranks agree through an all-reduce (a device sync) every `every` steps."""
         if not dist.is_dist():
             return self.signum
+        if step % every:
+            return 0
         flag = torch.tensor([self.signum], device=device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return int(flag.item())
@@ -470,6 +473,7 @@ def loop(run: Run, pos: Position, logger: MetricsLogger | None, stop: StopOnSign
     """Steps until run.total (pos advances in place); on SIGTERM/SIGINT, a checkpoint and Stopped."""
     cfg = run.cfg
     b, global_b = cfg.train.batch_size, cfg.train.batch_size * dist.world_size()
+    keep = cfg.train.get("keep_every")
     t_last, wait, n_clips = time.perf_counter(), 0.0, 0
     while pos.step < run.total:
         run.model.train()  # again each epoch: per-epoch work may have evaluated the encoders
@@ -489,10 +493,9 @@ def loop(run: Run, pos: Position, logger: MetricsLogger | None, stop: StopOnSign
                 if logger:
                     logger.log(record)
                 t_last, wait, n_clips = now, 0.0, 0
-            keep = cfg.train.get("keep_every")
             if pos.step % cfg.train.save_every == 0 or pos.step == run.total or (keep and pos.step % keep == 0):
                 save_checkpoint(run, pos)
-            if signum := stop.requested(run.device):
+            if signum := stop.requested(run.device, pos.step, cfg.train.log_every):
                 if pos.step % cfg.train.save_every and pos.step != run.total:
                     save_checkpoint(run, pos)
                 if logger:

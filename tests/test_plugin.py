@@ -143,21 +143,25 @@ def installed(dist: str = DIST) -> bool:
     return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 
-@pytest.fixture
-def grey_plugin(tmp_path):
-    """The plugin package built in tmp_path and pip-installed (non-editable) for the test only."""
-    src = tmp_path / "mygrey"
+def install_plugin(src, dist: str, pyproject: str, module: str, text: str):
+    """Build the plugin package in `src`, pip-install it (non-editable) and uninstall it afterwards."""
     src.mkdir()
-    (src / "pyproject.toml").write_text(PYPROJECT)
-    (src / "mvcoding_mygrey.py").write_text(MODULE)
-    assert not installed(), f"{DIST} is installed already; pip uninstall {DIST}"
+    (src / "pyproject.toml").write_text(pyproject)
+    (src / f"{module}.py").write_text(text)
+    assert not installed(dist), f"{dist} is installed already; pip uninstall {dist}"
     try:
         done = pip("install", "--no-deps", "--no-build-isolation", str(src))
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         yield src
     finally:
-        pip("uninstall", "-y", DIST)
-    assert not installed(), f"{DIST} is still installed after the test"
+        pip("uninstall", "-y", dist)
+    assert not installed(dist), f"{dist} is still installed after the test"
+
+
+@pytest.fixture
+def grey_plugin(tmp_path):
+    """The plugin package built in tmp_path and pip-installed (non-editable) for the test only."""
+    yield from install_plugin(tmp_path / "mygrey", DIST, PYPROJECT, "mvcoding_mygrey", MODULE)
 
 
 def mvcoding(*args: str) -> subprocess.CompletedProcess:
@@ -190,18 +194,8 @@ def test_a_plugin_view_is_listed_and_trains_with_rgb(grey_plugin, synthetic_root
 @pytest.fixture
 def gradient_plugin(tmp_path):
     """The cached-view plugin package built in tmp_path and pip-installed (non-editable) for the test only."""
-    src = tmp_path / "gradient"
-    src.mkdir()
-    (src / "pyproject.toml").write_text(GRADIENT_PYPROJECT)
-    (src / "mvcoding_gradient.py").write_text(GRADIENT_MODULE)
-    assert not installed(GRADIENT_DIST), f"{GRADIENT_DIST} is installed already; pip uninstall {GRADIENT_DIST}"
-    try:
-        done = pip("install", "--no-deps", "--no-build-isolation", str(src))
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-        yield src
-    finally:
-        pip("uninstall", "-y", GRADIENT_DIST)
-    assert not installed(GRADIENT_DIST), f"{GRADIENT_DIST} is still installed after the test"
+    yield from install_plugin(tmp_path / "gradient", GRADIENT_DIST, GRADIENT_PYPROJECT, "mvcoding_gradient",
+                              GRADIENT_MODULE)  # fmt: skip
 
 
 def test_the_readme_shows_the_plugins_these_tests_install():

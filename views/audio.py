@@ -120,14 +120,14 @@ def decode_audio(
 ) -> torch.Tensor:
     """The clip's log-mel spectrogram (1, n_mels, T'') in dB; T'' follows this clip's duration.
 
-    No audio: silence with missing=silence, else UserError (plain, so the CLI prints the message of
-    one raised in a DataLoader worker without the class name; check_audio finds these before a run)."""
+    No audio: silence with missing=silence, else NoAudioError (a UserError; check_audio finds these
+    before a run)."""
     t0, t1 = clip.seconds
     try:
         wave = read_audio(clip.path, t0, t1, sample_rate, source)
-    except NoAudioError as e:
+    except NoAudioError:
         if missing == "error":
-            raise UserError(str(e)) from None
+            raise
         wave = torch.zeros(round((t1 - t0) * sample_rate))
     # the mel filterbank is built once per process and rate (mvcoding.audio._cached_mel)
     return log_mel(wave, sample_rate, n_mels, win_ms=float(win_ms), hop_ms=float(hop_ms))

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import Dataset, SequentialSampler
 
-from mvcoding.data import MultiViewClips, make_loader, video_lengths
+from mvcoding.data import MultiViewClips, decode_views, make_loader, video_lengths
 from mvcoding.datasets import DatasetIndex, load_dataset
 from mvcoding.errors import UserError
 from mvcoding.eval.metrics import sha256_file
@@ -56,14 +56,9 @@ class EvalClips(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         clip = self.base.clip(i, np.random.default_rng(0))  # eval windows are fixed; the generator is unused
-        item, decoded = {}, {}
-        for name, view in self.base.views.items():
-            if view.source is not None and view.source in decoded:  # one decode per source (rgb, lab_*)
-                x = decoded[view.source]
-            else:
-                x = view.decode(clip)
-                if view.source is not None:
-                    decoded[view.source] = x
+        item = {}
+        for name, x in decode_views(self.base.views, clip).items():  # one decode per source (rgb, lab_*)
+            view = self.base.views[name]
             boxes = crop_boxes(x.shape[-2], x.shape[-1], self.crops)
             item[name] = torch.stack([view.transform(x, Aug(train=False, crop=box)) for box in boxes])
         video = i // self.base.clips

@@ -57,7 +57,7 @@ CONFIG = ROOT / "configs" / "ucf101_rgb_flow.yaml"
 # ---- data ----------------------------------------------------------------------------------------
 
 
-def texture_video(seed: int, frames: int, h: int, w: int) -> np.ndarray:
+def texture_video(seed: int, frames: int, h: int, w: int, sigma: float = 3) -> np.ndarray:
     """(T, H, W, 3) uint8: a blurred random texture panning at a per-video velocity, and a moving square."""
     import cv2
 
@@ -65,7 +65,7 @@ def texture_video(seed: int, frames: int, h: int, w: int) -> np.ndarray:
     vx, vy = rng.uniform(-2, 2, 2)
     pad = int(2 * frames) + 2
     tex = (rng.random((h + 2 * pad, w + 2 * pad, 3)) * 255).astype(np.uint8)
-    tex = cv2.GaussianBlur(tex, (9, 9), 3)
+    tex = cv2.GaussianBlur(tex, (9, 9), sigma)
     video = np.empty((frames, h, w, 3), np.uint8)
     side = h // 4
     colour = rng.integers(0, 256, 3, dtype=np.uint8)

@@ -84,23 +84,10 @@ def ffmpeg_available() -> bool:
 
 
 def texture_frames(seed: int, frames: int, h: int = 240, w: int = 320) -> np.ndarray:
-    """(T, H, W, 3) uint8: a blurred random texture panning at a per-video velocity, and a moving square."""
-    import cv2
+    """(T, H, W, 3) uint8: tools/bench/loader.py's panning texture with a moving square, blurred with sigma 2."""
+    from loader import texture_video
 
-    rng = np.random.default_rng(seed)
-    vx, vy = rng.uniform(-2, 2, 2)
-    pad = int(2 * frames) + 2
-    tex = (rng.random((h + 2 * pad, w + 2 * pad, 3)) * 255).astype(np.uint8)
-    tex = cv2.GaussianBlur(tex, (9, 9), 2)
-    video = np.empty((frames, h, w, 3), np.uint8)
-    side = h // 4
-    colour = rng.integers(0, 256, 3, dtype=np.uint8)
-    for t in range(frames):
-        y, x = int(pad + vy * t), int(pad + vx * t)
-        video[t] = tex[y : y + h, x : x + w]
-        sx = int((w - side) * (0.5 + 0.5 * np.sin(0.15 * t + seed)))
-        video[t, h // 3 : h // 3 + side, sx : sx + side] = colour
-    return video
+    return texture_video(seed, frames, h, w, sigma=2)
 
 
 def encode_video(path: Path, frames: np.ndarray, codec: str = "mpeg4", *, fps: int = 25, gop: int = 12) -> None:
