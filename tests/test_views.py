@@ -295,3 +295,25 @@ def test_shared_crop_false_gives_each_view_its_own_crop_and_one_flip(synthetic_r
         assert torch.equal(one["a"], one["b"]) and torch.equal(one["a"], one["c"])  # shared: one crop and flip
     flips = {bool(it["a"][4]) for it in items[False]}
     assert flips == ({False, True} if flip else {False})
+
+
+@pytest.mark.parametrize("channels, frames", [(1, 16), (2, 16), (3, 8), (2, 7), (3, 1)])
+def test_uint8_crop_resize_equals_a_per_plane_resize(channels, frames):
+    """crop_resize resizes uint8 clips as groups of 4 planes (any channel count, padded): each plane must
+    come out as a plain per-plane resize of the cropped bytes would, within one grey level (the
+    reference resizes float32 and rounds; torch's uint8 kernel rounds its fixed-point sums)."""
+    import torch.nn.functional as F
+
+    from mvcoding.transforms import crop_resize
+
+    g = torch.Generator().manual_seed(channels * 100 + frames)
+    x = torch.randint(0, 256, (channels, frames, 40, 54), dtype=torch.uint8, generator=g)
+    crop = (0.1, 0.2, 0.7, 0.6)  # rows 4:32, columns 11:43 of a 40 x 54 frame
+    out = crop_resize(x, crop, 24)
+    assert out.shape == (channels, frames, 24, 24) and out.dtype == torch.uint8
+    for c in range(channels):
+        for t in range(frames):
+            plane = x[c, t, 4:32, 11:43].float()[None, None]
+            ref = F.interpolate(plane, size=(24, 24), mode="bilinear", align_corners=False, antialias=True)
+            diff = (out[c, t].float() - ref[0, 0].round().clamp(0, 255)).abs().max().item()
+            assert diff <= 1, (c, t, diff)
