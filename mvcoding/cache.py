@@ -644,5 +644,6 @@ def attach_cache(view, ctx) -> None:
     view.cache = reader
     if view.decode is None:
         view.decode = CachedClips(reader, view.precompute.offset, view.precompute.unpack)
-        view.source = f"cache:{path}:{view.precompute.offset}"  # views reading one cache share the read
+        unpacked = "decoded" if view.precompute.unpack is not None else "stored"
+        view.source = f"cache:{path}:{view.precompute.offset}:{unpacked}"  # views reading one cache share the read
     view.check = CacheCheck(reader)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from mvcoding.errors import UserError
 from mvcoding.files import write_text_atomic
@@ -187,6 +187,31 @@ class EpochSampler(Sampler):
         return len(self.order()) - self.skip
 
 
+def pad_rows(rows: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Tensors that differ only in their last dim (byte rows, e.g. JPEG bytes) zero-padded to the longest."""
+    n = max(r.shape[-1] for r in rows)
+    return [r if r.shape[-1] == n else torch.nn.functional.pad(r, (0, n - r.shape[-1])) for r in rows]
+
+
+def stack(values: list):
+    """torch.stack of tensors, or per key of dicts of tensors (View.transform may return either); values
+    under "host_" keys may differ in their last dim and are zero-padded (pad_rows) first."""
+    if isinstance(values[0], dict):
+        return {k: stack(pad_rows([v[k] for v in values]) if k.startswith("host_") else [v[k] for v in values])
+                for k in values[0]}  # fmt: skip
+    return torch.stack(values)
+
+
+def collate(items: list[dict]) -> dict:
+    """default_collate, except that a view's dict values under "host_" keys are zero-padded to one length."""
+    for key, value in items[0].items():
+        if isinstance(value, dict):
+            for sub in (k for k in value if k.startswith("host_")):
+                for item, row in zip(items, pad_rows([it[key][sub] for it in items]), strict=True):
+                    item[key][sub] = row
+    return default_collate(items)
+
+
 START_METHODS = ("fork", "spawn", "forkserver")
 
 
@@ -208,6 +233,7 @@ def make_loader(dataset: Dataset, sampler: Sampler, *, batch_size: int, workers:
         prefetch_factor=prefetch if workers > 0 else None,
         pin_memory=pin_memory,
         drop_last=drop_last,
+        collate_fn=collate,
         persistent_workers=False,
         multiprocessing_context=context,
     )

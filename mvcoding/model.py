@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from mvcoding import distributed as dist
 from mvcoding.errors import UserError
-from mvcoding.registry import View, ViewContext, build_view
+from mvcoding.registry import View, ViewContext, build_view, to_model
 
 
 def view_context(cfg: DictConfig) -> ViewContext:
@@ -20,7 +20,15 @@ def view_context(cfg: DictConfig) -> ViewContext:
         frames=cfg.data.frames,
         stride=cfg.data.stride,
         size=cfg.data.size,
+        device=resolved_device(cfg.device),
     )
+
+
+def resolved_device(name: str) -> str:
+    """cfg.device with auto resolved: "cuda" when a GPU is available, else "cpu"."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(name)
 
 
 def build_views(cfg: DictConfig, names=None) -> dict[str, View]:
@@ -43,9 +51,7 @@ def device_inputs(views: dict[str, View], batch: dict, device, *, channels_last:
     channels_last_3d when asked."""
     out = {}
     for name, view in views.items():
-        x = batch[name].to(device, non_blocking=True)
-        if view.device_transform is not None:
-            x = view.device_transform(x)
+        x = to_model(view, batch[name], device)
         if channels_last and x.dim() == 5:
             x = x.to(memory_format=torch.channels_last_3d)
         out[name] = x

@@ -73,6 +73,7 @@ class ViewContext:
     frames: int  # data.frames: clip length T
     stride: int  # data.stride
     size: int  # data.size: default spatial size
+    device: str = "cpu"  # the run's device, resolved ("cpu", "cuda", "cuda:1"): where device_transform runs
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,10 @@ class View:
     device_transform(x) -> Tensor: optional, batched, on the model's device: (B, ...) as transform made it
         (e.g. uint8, 4x fewer bytes to collate and copy than float32) -> the model input (B, C, T, H, W) float;
         any leading dims (eval stacks crops: (B, K, ...)). model_input(view, x) applies it to one item.
+        transform may also return a dict of tensors: it is collated per key, and its values are copied to
+        the device, except those under keys starting with "host_", which stay in (pinned) host memory and
+        may differ in their last dim between items (zero-padded when stacked): e.g. undecoded JPEG bytes
+        for a batched decode on the device (the rgb view's jpeg_decode=device).
     build_encoder() -> nn.Module mapping the batched input (B, ...) to features (B, feat_dim);
         the module has an int attribute `feat_dim`.
     check(records) -> None: optional, run once before training/eval (e.g. that a cache is filled);
@@ -183,9 +188,26 @@ class View:
     device_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
-def model_input(view: View, x: torch.Tensor) -> torch.Tensor:
-    """One transformed item (C, T, H, W) as the encoder sees it: device_transform applied (on x's device)."""
-    return x if view.device_transform is None else view.device_transform(x.unsqueeze(0))[0]
+def model_input(view: View, x) -> torch.Tensor:
+    """One transformed item (C, T, H, W) (or a dict of tensors) as the encoder sees it: device_transform
+    applied (on x's device)."""
+    if view.device_transform is None:
+        return x
+    batch = {k: v.unsqueeze(0) for k, v in x.items()} if isinstance(x, dict) else x.unsqueeze(0)
+    return view.device_transform(batch)[0]
+
+
+def to_model(view: View | None, x, device) -> torch.Tensor:
+    """A batch of one view's items as the loader gives them -> the encoder's input on `device`: tensors are
+    copied (non-blocking: pinned memory overlaps the copy), a dict's values too except under "host_" keys
+    (they stay in host memory), then the view's device_transform, if any, runs on the device."""
+    if isinstance(x, dict):
+        x = {k: v if k.startswith("host_") else v.to(device, non_blocking=True) for k, v in x.items()}
+    else:
+        x = x.to(device, non_blocking=True)
+    if view is not None and view.device_transform is not None:
+        x = view.device_transform(x)
+    return x
 
 
 _VIEWS: dict[str, Callable[..., View]] = {}

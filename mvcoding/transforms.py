@@ -30,10 +30,15 @@ def sample_aug(rng: np.random.Generator, *, train: bool, scale=(0.4, 1.0), flip:
 
 
 def crop_box(height: int, width: int, crop) -> tuple[int, int, int, int]:
-    """Pixel box (y0, x0, h, w) of a fractional crop on an H x W frame; None -> the central square."""
-    if crop is None:
+    """Pixel box (y0, x0, h, w) of a crop on an H x W frame. crop: (y0, x0, h, w) as fractions of the frame;
+    (p,): the largest square at p along the long side (0 its start, 0.5 the centre, 1 its end; eval's
+    crops, which need no frame size to be named); None: the central square, (0.5,)."""
+    if crop is None or len(crop) == 1:
         s = min(height, width)
-        return (height - s) // 2, (width - s) // 2, s, s
+        if crop is None or crop[0] == 0.5:
+            return (height - s) // 2, (width - s) // 2, s, s
+        y0, x0 = int(crop[0] * (height - s)), int(crop[0] * (width - s))
+        return y0, x0, s, s
     y0, x0, h, w = crop
     ph, pw = max(1, round(h * height)), max(1, round(w * width))
     return min(round(y0 * height), height - ph), min(round(x0 * width), width - pw), ph, pw
@@ -51,10 +56,12 @@ def crop_resize(x: torch.Tensor, crop, size: int) -> torch.Tensor:
     x = x[:, :, y0 : y0 + h, x0 : x0 + w]
     if (h, w) == (size, size):
         return x.contiguous()
-    if x.dtype == torch.uint8:
+    if x.dtype == torch.uint8 and x.device.type == "cpu":
         return resize_planes_uint8(x, size)
-    x = F.interpolate(x.transpose(0, 1), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return x.transpose(0, 1).contiguous()
+    y = x.float() if x.dtype == torch.uint8 else x  # other devices have no uint8 kernel: floats, rounded back
+    y = F.interpolate(y.transpose(0, 1), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    y = y.transpose(0, 1).contiguous()
+    return y.round_().clamp_(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else y
 
 
 def resize_planes_uint8(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -16,7 +16,7 @@ def test_the_gpu_check_runs_on_the_cpu(tmp_path):
                            "--out", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
-    for run in ("train_cached", "train_video"):
+    for run in ("train_cached", "train_cached_workers", "train_video"):
         r = result[run]
         assert r["steps"] == 3 and r["clips_per_s"] > 0 and 0 <= r["data_wait"] <= 1, r
     assert result["loss"]["ms"] > 0 and ("pairs_per_s" in result["raft"] or "skipped" in result["raft"])

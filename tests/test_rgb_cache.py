@@ -105,3 +105,78 @@ def test_raw_and_video_decoding_give_the_same_training_items(root):
     video = MultiViewClips(records, build_views(video_cfg, ["rgb"]), lengths, frames=4, stride=2, train=True, seed=1)
     for i in (0, 7, 13):
         np.testing.assert_array_equal(cached[i]["rgb"].numpy(), video[i]["rgb"].numpy())
+
+
+def test_jpeg_decode_on_the_device_gives_the_workers_items(root):
+    """jpeg_decode=device (here on the CPU, the same code a GPU runs with nvJPEG): workers hand over the
+    undecoded rows and the crop; the batched decode on the device must give exactly the model input the
+    workers' decode gives, for training crops and flips and for the eval crops, through a real DataLoader
+    whose items have JPEG rows of different lengths."""
+    from mvcoding.data import EpochSampler, make_loader
+    from mvcoding.eval.features import EvalClips
+    from mvcoding.registry import to_model
+
+    setting = "{cache: true, resolution: [24, 32], jpeg_decode: %s}"  # frames wider than high: 3 distinct eval crops
+    cfg, over = cfg_with(root, rgb=setting % "workers", lab_ab=setting % "workers")
+    assert precompute(["rgb", SYNTHETIC, *over]) == 0
+    dev_cfg, _ = cfg_with(root, rgb=setting % "device", lab_ab=setting % "device")
+    records = load_dataset(cfg.dataset).records("train")
+    lengths = video_lengths(records, cfg)
+    workers, device = build_views(cfg, ["rgb", "lab_ab"]), build_views(dev_cfg, ["rgb", "lab_ab"])
+    assert device["rgb"].cache.path == workers["rgb"].cache.path  # one cache, two places to decode it
+
+    def batches(views, dataset_kind):
+        if dataset_kind == "train":
+            data = MultiViewClips(records, views, lengths, frames=4, stride=2, train=True, seed=3)
+            sampler = EpochSampler(len(data), seed=3, shuffle=True, batch_size=6)
+        else:
+            data = EvalClips(records[:6], views, lengths, frames=4, stride=2, clips=2, crops=3)
+            sampler = EpochSampler(len(data), seed=0, shuffle=False, batch_size=6)
+        loader = make_loader(data, sampler, batch_size=6, workers=1, prefetch=2, pin_memory=False, drop_last=True)
+        return list(loader)
+
+    for kind in ("train", "eval"):
+        got, want = batches(device, kind), batches(workers, kind)
+        rows = got[0]["rgb"]["host_jpeg"]  # (B, [K,] T, L): padded to the longest row of the batch
+        assert rows.dtype == torch.uint8 and rows.shape[-2] == 4
+        lengths_in_batch = (rows[..., :4].long() * torch.tensor([1, 256, 65536, 16777216])).sum(-1)
+        assert len(set(lengths_in_batch.flatten().tolist())) > 1  # rows of different lengths were collated
+        flips = 0
+        for g, w in zip(got, want, strict=True):
+            flips += int(g["rgb"]["host_aug"][..., 4].sum())
+            for name in ("rgb", "lab_ab"):
+                a, b = to_model(device[name], g[name], "cpu"), to_model(workers[name], w[name], "cpu")
+                assert a.shape == b.shape and a.dtype == torch.float32
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert kind == "eval" or flips > 0  # the training batches did carry flips to the device
+
+
+def test_jpeg_decode_settings_fail_in_one_line(root):
+    from mvcoding.errors import UserError
+    from mvcoding.registry import ViewContext
+    from mvcoding.views.rgb import decode_on_device
+
+    with pytest.raises(UserError, match=r"views.rgb.jpeg_decode=device .* needs views.rgb.cache=true"):
+        build_views(cfg_with(root, rgb="{jpeg_decode: device}")[0], ["rgb"])
+    with pytest.raises(UserError, match=r"cache=true and cache_format=jpeg"):
+        build_views(cfg_with(root, lab_l="{cache: true, cache_format: raw, jpeg_decode: device}")[0], ["lab_l"])
+    with pytest.raises(UserError, match=r"views.rgb.jpeg_decode='gpu' is not valid: one of: auto, workers, device"):
+        build_views(cfg_with(root, rgb="{cache: true, jpeg_decode: gpu}")[0], ["rgb"])
+    # auto: on the device exactly when the run's device is a GPU and the cache is JPEG
+    ctx = {"dataset": "d", "root": "/r", "cache_dir": "/c", "frames": 4, "stride": 1, "size": 32}
+    for device, cache, fmt, expected in [("cuda", True, "jpeg", True), ("cuda:1", True, "jpeg", True),
+                                         ("cpu", True, "jpeg", False), ("cuda", True, "raw", False),
+                                         ("cuda", False, "jpeg", False)]:  # fmt: skip
+        got = decode_on_device(ViewContext(**ctx, device=device), jpeg_decode="auto", cache=cache, cache_format=fmt,
+                               view="rgb")  # fmt: skip
+        assert got is expected, (device, cache, fmt)
+
+
+def test_a_damaged_jpeg_frame_is_one_line_on_the_device_path(root):
+    from mvcoding.errors import UserError
+    from mvcoding.views.rgb import decode_frames
+
+    rows = torch.zeros(2, 40, dtype=torch.uint8)
+    rows[:, 0] = 30  # a length of 30 bytes, all zeros: not a JPEG
+    with pytest.raises(UserError, match=r"a JPEG frame of the rgb cache cannot be decoded .*mvcoding precompute rgb"):
+        decode_frames(rows)

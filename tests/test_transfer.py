@@ -136,14 +136,15 @@ def test_classification_report_on_constructed_logits(tmp_path):
 
 @pytest.mark.parametrize("height, width", [(32, 48), (48, 32), (30, 30)])
 def test_three_crops_are_squares_along_the_long_side(height, width):
-    assert crop_boxes(height, width, 1) == [None]
-    boxes = [crop_box(height, width, c) for c in crop_boxes(height, width, 3)]
+    assert crop_boxes(1) == [None]
+    assert crop_box(height, width, None) == crop_box(height, width, (0.5,))
+    boxes = [crop_box(height, width, c) for c in crop_boxes(3)]
     s = min(height, width)
     assert all(h == s and w == s for _, _, h, w in boxes)
     starts = [x0 for _, x0, _, _ in boxes] if width >= height else [y0 for y0, _, _, _ in boxes]
     assert starts == [0, (max(height, width) - s) // 2, max(height, width) - s]
     with pytest.raises(UserError, match="eval.crops"):
-        crop_boxes(height, width, 2)
+        crop_boxes(2)
 
 
 # ----------------------------------------------------------------------------- a tiny dataset and checkpoint

@@ -34,7 +34,8 @@ NOMINAL_FPS = 25.0  # UCF101's frame rate: sets the default spectrogram length f
 def aug_generator(aug: Aug) -> torch.Generator:
     """A generator seeded by the item's shared crop draw, so the audio augmentation of an item is
     the same whichever DataLoader worker decodes it (Aug carries no seed of its own)."""
-    seed = zlib.crc32(struct.pack("<4d?", *(aug.crop or (0.0, 0.0, 1.0, 1.0)), aug.flip))
+    crop = aug.crop or (0.0, 0.0, 1.0, 1.0)  # a box, or eval's (p,) (mvcoding.transforms.crop_box)
+    seed = zlib.crc32(struct.pack(f"<{len(crop)}d?", *crop, aug.flip))
     return torch.Generator().manual_seed(seed)
 
 

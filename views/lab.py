@@ -10,10 +10,9 @@ from functools import partial
 
 import torch
 
-from mvcoding.encoders import build_encoder
 from mvcoding.registry import View, ViewContext, register_view
 from mvcoding.transforms import rgb_to_lab
-from mvcoding.views.rgb import decode_rgb, rgb_stage, transform_rgb
+from mvcoding.views.rgb import cached_rgb_view
 
 # Lab channel statistics used to bring each channel to roughly zero mean, unit scale
 L_CENTER, L_SCALE, AB_SCALE = 50.0, 50.0, 110.0
@@ -30,22 +29,12 @@ def lab_input(x: torch.Tensor, *, channels: slice, lightness: bool) -> torch.Ten
 
 
 def lab_view(name: str, channels: slice, *, ctx: ViewContext, encoder: str, width, size, resolution, offset,
-             cache=False, cache_format="jpeg", jpeg_quality=90) -> View:  # fmt: skip
-    size = size or ctx.size
-    n = channels.stop - channels.start
-    resolution = list(resolution) if resolution else None
-    stage = (rgb_stage(cache_format=cache_format, jpeg_quality=jpeg_quality, resolution=resolution, offset=offset)
-             if cache else None)  # fmt: skip
-    return View(  # module-level functions bound with partial: the view pickles into spawned workers
-        name=name,
-        channels=n,
-        decode=None if cache else partial(decode_rgb, offset=offset, resolution=resolution),
-        precompute=stage,  # the rgb view's cache, when the settings match: one cache for all three
-        source=None if cache else f"rgb-video:{resolution}:{offset}",
-        transform=partial(transform_rgb, size=size),  # uint8 crops in the workers, the same as rgb's
-        device_transform=partial(lab_input, channels=channels, lightness=name == "lab_l"),
-        build_encoder=partial(build_encoder, encoder, in_channels=n, width=width),
-    )
+             cache=False, cache_format="jpeg", jpeg_quality=90, jpeg_decode="auto") -> View:  # fmt: skip
+    return cached_rgb_view(
+        name, channels.stop - channels.start, partial(lab_input, channels=channels, lightness=name == "lab_l"),
+        ctx=ctx, encoder=encoder, width=width, size=size, resolution=resolution,
+        offset=offset, cache=cache, cache_format=cache_format, jpeg_quality=jpeg_quality, jpeg_decode=jpeg_decode,
+    )  # fmt: skip
 
 
 @register_view("lab_l")
@@ -60,6 +49,7 @@ def lab_l(
     cache: bool = False,
     cache_format: str = "jpeg",
     jpeg_quality: int = 90,
+    jpeg_decode: str = "auto",
 ) -> View:
     """Lightness L of CIE Lab, (1, T, size, size), scaled to about [-1, 1]."""
     return lab_view(
@@ -74,6 +64,7 @@ def lab_l(
         cache=cache,
         cache_format=cache_format,
         jpeg_quality=jpeg_quality,
+        jpeg_decode=jpeg_decode,
     )
 
 
@@ -89,6 +80,7 @@ def lab_ab(
     cache: bool = False,
     cache_format: str = "jpeg",
     jpeg_quality: int = 90,
+    jpeg_decode: str = "auto",
 ) -> View:
     """Colour channels a, b of CIE Lab, (2, T, size, size), scaled to about [-1, 1]."""
     return lab_view(
@@ -103,4 +95,5 @@ def lab_ab(
         cache=cache,
         cache_format=cache_format,
         jpeg_quality=jpeg_quality,
+        jpeg_decode=jpeg_decode,
     )

@@ -17,30 +17,27 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import Dataset, SequentialSampler
 
-from mvcoding.data import MultiViewClips, decode_views, make_loader, video_lengths
+from mvcoding.data import MultiViewClips, decode_views, make_loader, stack, video_lengths
 from mvcoding.datasets import DatasetIndex, load_dataset
 from mvcoding.errors import UserError
 from mvcoding.eval.metrics import sha256_file
 from mvcoding.files import load_safe, save_atomic
 from mvcoding.model import build_encoder_of, build_views
-from mvcoding.registry import Aug, View
+from mvcoding.registry import Aug, View, to_model
 
 log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- multi-clip, multi-crop data
-def crop_boxes(height: int, width: int, crops: int) -> list:
-    """Fractional crops (y0, x0, h, w) for eval: 1 -> [None] (the centre square); 3 -> three squares
-    along the long side (left/top, centre, right/bottom)."""
+def crop_boxes(crops: int) -> list:
+    """Eval crops (mvcoding.transforms.crop_box): 1 -> [None] (the centre square); 3 -> three squares along
+    the long side (left/top, centre, right/bottom). Named without the frame size, so each view places
+    them on its own frames (and a view that decodes on the device, e.g. JPEG, needs no size in the workers)."""
     if crops == 1:
         return [None]
     if crops != 3:
         raise UserError(f"eval.crops={crops} is not valid; choose 1 (centre) or 3 (along the long side)")
-    if width >= height:
-        fw = min(height, width) / width
-        return [(0.0, x0, 1.0, fw) for x0 in (0.0, (1 - fw) / 2, 1 - fw)]
-    fh = width / height
-    return [(y0, 0.0, fh, 1.0) for y0 in (0.0, (1 - fh) / 2, 1 - fh)]
+    return [(0.0,), (0.5,), (1.0,)]
 
 
 class EvalClips(Dataset):
@@ -59,8 +56,7 @@ class EvalClips(Dataset):
         item = {}
         for name, x in decode_views(self.base.views, clip).items():  # one decode per source (rgb, lab_*)
             view = self.base.views[name]
-            boxes = crop_boxes(x.shape[-2], x.shape[-1], self.crops)
-            item[name] = torch.stack([view.transform(x, Aug(train=False, crop=box)) for box in boxes])
+            item[name] = stack([view.transform(x, Aug(train=False, crop=box)) for box in crop_boxes(self.crops)])
         video = i // self.base.clips
         return item | {"label": self.base.records[video].label, "video": video, "clip": i % self.base.clips}
 
@@ -134,7 +130,7 @@ def prepare(cfg: DictConfig, checkpoint, *, random_init: bool, names=None) -> Ev
     for key in ("clips", "train_clips"):
         if int(e[key]) < 1:
             raise UserError(f"eval.{key}={e[key]} must be at least 1")
-    crop_boxes(2, 2, int(e.crops))  # validates eval.crops
+    crop_boxes(int(e.crops))  # validates eval.crops
     path = None if random_init else resolve_checkpoint(checkpoint)
     index = load_dataset(cfg.dataset)
     if not index.train or not index.test:
@@ -191,9 +187,7 @@ def run_clips(modules: dict[str, nn.Module], loader, device: torch.device, desc:
     for batch in progress(loader, desc=desc):
         parts = []
         for name, module in modules.items():
-            x = batch[name].to(device, non_blocking=True)  # (B, K, ...)
-            if views is not None and views[name].device_transform is not None:
-                x = views[name].device_transform(x)
+            x = to_model(views[name] if views is not None else None, batch[name], device)  # (B, K, ...)
             parts.append(module(x.flatten(0, 1)).float().view(x.shape[0], x.shape[1], -1).cpu())
         xs.append(torch.cat(parts, dim=-1))
         labels.append(batch["label"])

@@ -15,6 +15,7 @@ from mvcoding.eval.features import eval_loader, prepare, progress, run_clips
 from mvcoding.eval.report import log_metrics, protocol, report, start_run
 from mvcoding.files import save_atomic
 from mvcoding.optim import build_optimizer, lr_factor
+from mvcoding.registry import to_model
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,7 @@ def finetune(cfg: DictConfig, out: Path) -> dict:
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
         for batch in progress(loader, desc=f"finetune epoch {epoch + 1}/{ft.epochs}"):
-            x, y = batch[name].to(s.device, non_blocking=True), batch["label"].to(s.device)
-            if s.views[name].device_transform is not None:
-                x = s.views[name].device_transform(x)
+            x, y = to_model(s.views[name], batch[name], s.device), batch["label"].to(s.device)
             with autocast:
                 logits = model(x).float()
             loss = F.cross_entropy(logits, y)

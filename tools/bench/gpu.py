@@ -5,8 +5,10 @@ when tools/bench/tv_ucf101.py and ffmpeg are present), with the caches filled by
 
   train  two-view (rgb + flow) training of configs/ucf101_rgb_flow.yaml (R3D-18 with GroupNorm, 16x112x112
          clips, bf16 autocast on CUDA, memory bank), through mvcoding.train.train itself, twice:
-           cached: RGB from the decode-once JPEG cache (views.rgb.cache=true) and flow from its cache
-           video:  RGB decoded from the videos by decord, flow from its cache
+           cached-device:  RGB from the decode-once JPEG cache (views.rgb.cache=true), the JPEG decoded
+                           batched on the device (jpeg_decode=device: nvJPEG), flow from its cache
+           cached-workers: the same cache decoded in the DataLoader workers (jpeg_decode=workers)
+           video:          RGB decoded from the videos by decord, flow from its cache
          clips/s (median over the logged steps after the first quarter), data-wait fraction (the share
          of wall time the loop waited for the loader), peak GPU memory.
   loss   one CMC loss step (forward, backward to the embeddings, bank update) at K=16384, B=128, D=128.
@@ -160,7 +162,9 @@ def main(argv=None) -> int:
         result = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                   "cpus": os.cpu_count(), "videos": n_videos, "encoded": encoded, "workers": args.workers,
                   "batch": args.batch, "steps": args.steps, "quick": args.quick}  # fmt: skip
-        result["train_cached"] = train_run("cached", root, out, args, ["views.rgb.cache=true"])
+        jpeg = ["views.rgb.cache=true", "views.rgb.jpeg_decode"]
+        result["train_cached"] = train_run("cached", root, out, args, [jpeg[0], f"{jpeg[1]}=device"])
+        result["train_cached_workers"] = train_run("cached-workers", root, out, args, [jpeg[0], f"{jpeg[1]}=workers"])
         result["train_video"] = train_run("video", root, out, args, [])
         result["loss"] = loss_step(device, 1024 if args.quick else 16384, 16 if args.quick else 128,
                                    3 if args.quick else 20)  # fmt: skip
@@ -169,18 +173,18 @@ def main(argv=None) -> int:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    c, v = result["train_cached"], result["train_video"]
+    c, w, v = result["train_cached"], result["train_cached_workers"], result["train_video"]
     print(f"\n{result['device']} {result['gpu'] or ''}; {result['cpus']} CPUs, {args.workers} workers, batch "
           f"{args.batch}; {n_videos} videos ({encoded}); {args.steps} steps per run")  # fmt: skip
-    print(f"{'loader':<8} {'clips/s':>9} {'data wait':>10} {'peak GiB':>9}")
-    for name, r in (("cached", c), ("video", v)):
+    print(f"{'loader':<15} {'clips/s':>9} {'data wait':>10} {'peak GiB':>9}")
+    for name, r in (("cached-device", c), ("cached-workers", w), ("video", v)):
         peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"
-        print(f"{name:<8} {r['clips_per_s']:>9.1f} {100 * r['data_wait']:>9.1f}% {peak:>9}")
+        print(f"{name:<15} {r['clips_per_s']:>9.1f} {100 * r['data_wait']:>9.1f}% {peak:>9}")
     print(f"loss step K={result['loss']['K']} B={result['loss']['B']}: {result['loss']['ms']:.2f} ms")
     raft = result["raft"]
     print("raft_small: " + (f"{raft['pairs_per_s']:.1f} pairs/s" if "pairs_per_s" in raft else raft["skipped"]))
-    goal = c["data_wait"] < 0.10 and c["clips_per_s"] >= 1000
-    print(f"goal (cached: data wait < 10%, >= 1000 clips/s): {'met' if goal else 'not met'}")
+    goal = any(r["data_wait"] < 0.10 and r["clips_per_s"] >= 1000 for r in (c, w))
+    print(f"goal (a cached loader: data wait < 10%, >= 1000 clips/s): {'met' if goal else 'not met'}")
     result["goal_met"] = goal
     args.out.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")
