@@ -378,6 +378,10 @@ def main() -> None:
             f"bytes per clip from the workers to the main process: {crossing / 2**20:.2f} MiB "
             f"({', '.join(f'{n} {item[n].dtype}' for n in views)}); as float32: {as_float / 2**20:.2f} MiB"
         )
+        if "jpeg-device" in cached:
+            rgb = cached["jpeg-device"][0]["rgb"]  # {"host_jpeg": (T, L) rows, "host_aug": (5,)}
+            print(f"rgb bytes per clip with jpeg-device: {sum(v.nbytes for v in rgb.values()) / 2**10:.0f} KiB of JPEG "
+                  f"rows (the uint8 crops: {item['rgb'].nbytes / 2**10:.0f} KiB)")  # fmt: skip
         kinds = ["loader", "bare", *(f"cached {fmt}" for fmt in cached)]
         rates = {(kind, wk): [] for wk in args.workers for kind in kinds}
         for r in range(args.rounds):
