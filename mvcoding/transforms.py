@@ -57,6 +57,10 @@ def crop_resize(x: torch.Tensor, crop, size: int) -> torch.Tensor:
     if (h, w) == (size, size):
         return x.contiguous()
     if x.dtype == torch.uint8 and x.device.type == "cpu":
+        if c in (3, 4):  # the kernel's own layout; free when channels are innermost (decord's (T, H, W, 3))
+            y = x.transpose(0, 1).contiguous(memory_format=torch.channels_last)  # (T, C, h, w)
+            y = F.interpolate(y, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            return y.transpose(0, 1).contiguous()
         return resize_planes_uint8(x, size)
     y = x.float() if x.dtype == torch.uint8 else x  # other devices have no uint8 kernel: floats, rounded back
     y = F.interpolate(y.transpose(0, 1), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
@@ -68,8 +72,8 @@ def resize_planes_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
     """(C, T, h, w) uint8 -> (C, T, size, size) uint8, every plane resized on its own (bilinear, antialiased).
 
     The C x T planes go through torch's vectorised uint8 kernel as images of 4 channels-last planes
-    (that kernel takes 3 or 4 channels): the same bytes as resizing (T, C, h, w), 1.1x faster for
-    RGB, 2x for two-channel flow and 3x for one-channel depth (planes are independent)."""
+    (that kernel takes 3 or 4 channels): the same bytes as resizing (T, C, h, w) frames, and
+    1.4-1.8x faster for two-channel flow, 2-2.5x for one-channel depth (planes are independent)."""
     c, t, h, w = x.shape
     n = c * t
     planes = x.reshape(n, h, w)
