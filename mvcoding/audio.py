@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torchaudio import transforms as T
 
-from mvcoding.errors import UserError
+from mvcoding.errors import UserError, first_line
 
 SOURCES = ("auto", "video", "wav")
 AMIN_DB = -100.0  # the dB floor (power 1e-10): digital silence
@@ -90,7 +90,7 @@ def _audio_reader(path: Path, sample_rate: int, *, what: str, source: str = "wav
     try:
         return decord.AudioReader(str(path), sample_rate=sample_rate, mono=True)
     except Exception as e:  # decord raises DECORDError with a C++ location prefix
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e)
         if "find audio stream" in msg:
             if source == "video":
                 raise NoAudioError(

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mvcoding.errors import UserError
+from mvcoding.errors import UserError, first_line
 from mvcoding.files import write_text_atomic
 
 FORMAT_VERSION = 2
@@ -268,12 +268,7 @@ def read_part(h5path: Path) -> dict:
     try:
         return _part_info_from_h5(h5path)
     except Exception as e:  # truncated, zero bytes, damaged metadata
-        raise UserError(f"the cache part {h5path} is damaged ({_short(e)})") from e
-
-
-def _short(e: Exception) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return text[:160]
+        raise UserError(f"the cache part {h5path} is damaged ({first_line(e, 160)})") from e
 
 
 def part_paths(path: str | Path) -> list[Path]:
@@ -294,14 +289,14 @@ def verify_part(h5path: Path) -> tuple[dict, dict, dict[str, str]]:
     try:
         f = h5py.File(h5path, "r", locking=False)
     except Exception as e:
-        return {}, {}, {"*": _short(e)}
+        return {}, {}, {"*": first_line(e, 160)}
     videos, damaged = {}, {}
     try:
         try:
             ids = json.loads(f.attrs["videos"])
             failed = json.loads(f.attrs.get("failed", "{}"))
         except Exception as e:
-            return {}, {}, {"*": _short(e)}
+            return {}, {}, {"*": first_line(e, 160)}
         for vid in ids:
             try:
                 ds = f[vid]
@@ -309,7 +304,7 @@ def verify_part(h5path: Path) -> tuple[dict, dict, dict[str, str]]:
                     ds[t]
                 videos[vid] = _attrs(ds.attrs)
             except Exception as e:
-                damaged[vid] = _short(e)
+                damaged[vid] = first_line(e, 160)
     finally:
         f.close()
     return videos, failed, damaged
@@ -592,7 +587,7 @@ class CacheReader:
             x = self._file(name)[video_id][start:stop]  # a hyperslab; h5py's strided reads are ~50x slower
         except (OSError, KeyError, ValueError) as e:
             raise UserError(
-                f"cannot read {video_id} from {self.path / name}.h5 ({_short(e)}): the part is damaged; "
+                f"cannot read {video_id} from {self.path / name}.h5 ({first_line(e, 160)}): the part is damaged; "
                 f"repair it with: {self.fill_command}"
             ) from e
         return np.ascontiguousarray(x[::step]) if step > 1 else x

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mvcoding.errors import UserError
+from mvcoding.errors import UserError, first_line
 
 
 def _config_dir() -> Path:
@@ -81,7 +81,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
             cfg = compose(config_name=path.stem, overrides=list(overrides))
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise UserError(f"bad config {path} {' '.join(overrides)}: {first}") from e
     finally:
         GlobalHydra.instance().clear()

@@ -193,23 +193,14 @@ def pad_rows(rows: list[torch.Tensor]) -> list[torch.Tensor]:
     return [r if r.shape[-1] == n else torch.nn.functional.pad(r, (0, n - r.shape[-1])) for r in rows]
 
 
-def stack(values: list):
-    """torch.stack of tensors, or per key of dicts of tensors (View.transform may return either); values
-    under "host_" keys may differ in their last dim and are zero-padded (pad_rows) first."""
+def collate(values: list):
+    """default_collate (tensors stacked, dicts per key, numbers to tensors), except that tensors under
+    "host_" keys may differ in their last dim (byte rows of a view's transform): zero-padded to the
+    longest first. The DataLoader's collate_fn, and the stacking of eval crops."""
     if isinstance(values[0], dict):
-        return {k: stack(pad_rows([v[k] for v in values]) if k.startswith("host_") else [v[k] for v in values])
+        return {k: collate(pad_rows([v[k] for v in values]) if k.startswith("host_") else [v[k] for v in values])
                 for k in values[0]}  # fmt: skip
-    return torch.stack(values)
-
-
-def collate(items: list[dict]) -> dict:
-    """default_collate, except that a view's dict values under "host_" keys are zero-padded to one length."""
-    for key, value in items[0].items():
-        if isinstance(value, dict):
-            for sub in (k for k in value if k.startswith("host_")):
-                for item, row in zip(items, pad_rows([it[key][sub] for it in items]), strict=True):
-                    item[key][sub] = row
-    return default_collate(items)
+    return default_collate(values)
 
 
 START_METHODS = ("fork", "spawn", "forkserver")

@@ -1,6 +1,13 @@
 """User errors (the CLI prints the message as one line and exits 2) and a stop on a signal."""
 
 
+def first_line(e: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (libraries append C++ traces), at most `limit` characters;
+    its class name when the message is empty."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:limit]
+
+
 class UserError(Exception):
     """Bad input from the user (config, data, cache); the message says what is wrong and how to fix it."""
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from mvcoding.errors import UserError
 from mvcoding.eval.metrics import sha256_file
-from mvcoding.files import load_safe, save_atomic, write_text_atomic
+from mvcoding.files import find_checkpoint, load_safe, save_atomic, write_text_atomic
 
 FORMAT = "mvcoding-encoder"
 FORMAT_VERSION = 1
@@ -47,12 +47,10 @@ _INPUTS = {
 
 def _resolve(path: str | Path) -> Path:
     """A .pt file, or a run directory (its checkpoints/last.pt)."""
-    path = Path(path)
-    if path.is_dir():
-        path = next((p for p in (path / "checkpoints" / "last.pt", path / "last.pt") if p.is_file()), path)
-    if not path.is_file():
+    found = find_checkpoint(path)
+    if found is None:
         raise UserError(f"{path}: no such file; pass the checkpoints/last.pt of an mvcoding train run")
-    return path
+    return found
 
 
 def _json_of(path: Path) -> Path:

@@ -14,16 +14,22 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mvcoding.errors import UserError
-from mvcoding.files import save_atomic, write_text_atomic
+from mvcoding.files import save_atomic, write_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "test", "all")
+
+
+def save_npy(array: np.ndarray, path: Path) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would add .npy to the temporary name
+        np.save(f, array)
 
 
 def extract(cfg, *, split: str = "all", out: str | None = None) -> Path:
@@ -60,8 +66,8 @@ def extract(cfg, *, split: str = "all", out: str | None = None) -> Path:
     if out.suffix == ".pt":
         save_atomic(payload, out)
     else:
-        np.save(out, video_feats.numpy())
-        np.save(out.with_suffix(".clips.npy"), clip_feats.numpy())
+        for path, x in ((out, video_feats), (out.with_suffix(".clips.npy"), clip_feats)):
+            write_atomic(path, partial(save_npy, x.numpy()))  # never half a file
     write_text_atomic(out.with_suffix(".json"), json.dumps({"views": list(s.views), "checkpoint": s.checkpoint,
                                                              "index": index}, indent=1))  # fmt: skip
     log.info("wrote %d videos x %d features (%d clips each) to %s", len(index), video_feats.shape[1], clips, out)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from mvcoding.errors import UserError
+from mvcoding.errors import UserError, first_line
 
 
 def _tmp(path: Path) -> Path:
@@ -24,37 +24,50 @@ def _remove(path: Path) -> None:
         pass
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename."""
-    path = Path(path)
+def _replace_with(path: Path, write) -> None:
+    """write(tmp) to a temporary name beside `path`, then rename it into place; on any failure (disk
+    full, read-only, interrupted) the temporary file is removed and the error raised."""
     tmp = _tmp(path)
     try:
-        tmp.write_text(text)
+        write(tmp)
         os.replace(tmp, path)
-    except BaseException:  # disk full, read-only, interrupted: leave nothing behind
+    except BaseException:
         _remove(tmp)
         raise
 
 
-def save_atomic(obj, path: str | Path) -> None:
-    """torch.save `obj` to `path` through a temporary file and a rename (creating the folder).
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename."""
+    _replace_with(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def write_atomic(path: str | Path, write) -> None:
+    """write(tmp) to a temporary file, renamed to `path` when complete (creating the folder).
 
     A failed write (disk full, read-only folder) removes the temporary file and raises UserError naming
     the path; whatever was at `path` before is untouched."""
     path = Path(path)
-    tmp = _tmp(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+        _replace_with(path, write)
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
-        _remove(tmp)
-        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:120]
+        why = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e, 120)
         prev = " (the previous file there is intact)" if path.is_file() else ""
         raise UserError(f"cannot write {path} ({why}){prev}; free space on that disk or choose another folder") from e
-    except BaseException:
-        _remove(tmp)
-        raise
+
+
+def save_atomic(obj, path: str | Path) -> None:
+    """torch.save `obj` to `path` atomically (write_atomic)."""
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def find_checkpoint(path: str | Path) -> Path | None:
+    """A checkpoint file: `path` itself, or in a run directory its checkpoints/last.pt (or last.pt); None
+    when there is none."""
+    path = Path(path)
+    if path.is_dir():
+        path = next((p for p in (path / "checkpoints" / "last.pt", path / "last.pt") if p.is_file()), path)
+    return path if path.is_file() else None
 
 
 def load_safe(path: str | Path):

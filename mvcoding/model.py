@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from mvcoding import distributed as dist
 from mvcoding.errors import UserError
-from mvcoding.registry import View, ViewContext, build_view, to_model
+from mvcoding.registry import View, ViewContext, build_view
 
 
 def view_context(cfg: DictConfig) -> ViewContext:
@@ -43,19 +43,6 @@ def build_views(cfg: DictConfig, names=None) -> dict[str, View]:
             raise UserError(f"views.{n} must be a mapping of settings (or {{}} for the defaults), not {settings!r}")
         views[n] = build_view(n, ctx, **(settings or {}))
     return views
-
-
-def device_inputs(views: dict[str, View], batch: dict, device, *, channels_last: bool = False) -> dict:
-    """The batch's view tensors on `device` (non-blocking copies: pinned memory overlaps them), each passed
-    through its view's device_transform (uint8 -> normalised float, on the device); 5-D inputs in
-    channels_last_3d when asked."""
-    out = {}
-    for name, view in views.items():
-        x = to_model(view, batch[name], device)
-        if channels_last and x.dim() == 5:
-            x = x.to(memory_format=torch.channels_last_3d)
-        out[name] = x
-    return out
 
 
 def build_encoder_of(name: str, view: View) -> nn.Module:

@@ -33,12 +33,12 @@ from mvcoding.config import run_dir
 from mvcoding.data import EpochSampler, MultiViewClips, make_loader, video_lengths
 from mvcoding.datasets import DatasetIndex, load_dataset
 from mvcoding.errors import Stopped, UserError
-from mvcoding.files import load_safe, save_atomic, write_text_atomic
-from mvcoding.model import MultiViewModel, build_views, device_inputs
+from mvcoding.files import load_safe, save_atomic, write_atomic, write_text_atomic
+from mvcoding.model import MultiViewModel, build_views, resolved_device
 from mvcoding.monitor import Monitor, make_monitor, monitor_every
 from mvcoding.objectives import CMCObjective, build_objective
 from mvcoding.optim import build_optimizer, lr_factor
-from mvcoding.registry import View, model_input
+from mvcoding.registry import View, model_input, to_model
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,9 @@ def center_setting(o: DictConfig) -> bool:
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={name} but no CUDA GPU is available; use device=cpu or device=auto")
-    return torch.device(name)
+    return torch.device(resolved_device(name))
 
 
 def rng_state() -> dict:
@@ -344,12 +342,9 @@ def save_checkpoint(run: Run, pos: Position) -> None:
         keep = run.cfg.train.get("keep_every")
         if keep and pos.step % keep == 0:
             kept = last.with_name(f"step-{pos.step:08d}.pt")
-            tmp = kept.with_name(f".{kept.name}.tmp")
-            try:
-                os.link(last, tmp)  # no copy: the file is never written again (the next save replaces last.pt)
-                os.replace(tmp, kept)
-            except OSError:
-                tmp.unlink(missing_ok=True)
+            try:  # no copy: the file is never written again (the next save replaces last.pt)
+                write_atomic(kept, lambda tmp: os.link(last, tmp))
+            except UserError:
                 save_atomic(checkpoint_state(run, pos), kept)  # a filesystem without hard links
 
 
@@ -522,7 +517,10 @@ def model_item(views: dict[str, View], item: dict) -> dict:
 def to_device(run: Run, batch: dict) -> dict:
     """The batch's views (through their device_transform), "index" and "label" on the run's device; 5-D
     views channels_last when set."""
-    out = device_inputs(run.views, batch, run.device, channels_last=run.channels_last)
+    out = {}
+    for name, view in run.views.items():
+        x = to_model(view, batch[name], run.device)
+        out[name] = x.to(memory_format=torch.channels_last_3d) if run.channels_last and x.dim() == 5 else x
     return out | {k: batch[k].to(run.device, non_blocking=True) for k in ("index", "label")}
 
 

@@ -34,11 +34,8 @@ def crop_box(height: int, width: int, crop) -> tuple[int, int, int, int]:
     (p,): the largest square at p along the long side (0 its start, 0.5 the centre, 1 its end; eval's
     crops, which need no frame size to be named); None: the central square, (0.5,)."""
     if crop is None or len(crop) == 1:
-        s = min(height, width)
-        if crop is None or crop[0] == 0.5:
-            return (height - s) // 2, (width - s) // 2, s, s
-        y0, x0 = int(crop[0] * (height - s)), int(crop[0] * (width - s))
-        return y0, x0, s, s
+        p, s = 0.5 if crop is None else crop[0], min(height, width)
+        return int(p * (height - s)), int(p * (width - s)), s, s
     y0, x0, h, w = crop
     ph, pw = max(1, round(h * height)), max(1, round(w * width))
     return min(round(y0 * height), height - ph), min(round(x0 * width), width - pw), ph, pw
@@ -56,24 +53,25 @@ def crop_resize(x: torch.Tensor, crop, size: int) -> torch.Tensor:
     x = x[:, :, y0 : y0 + h, x0 : x0 + w]
     if (h, w) == (size, size):
         return x.contiguous()
-    if x.dtype == torch.uint8 and x.device.type == "cpu":
-        if c in (3, 4):  # the kernel's own layout; free when channels are innermost (decord's (T, H, W, 3))
-            y = x.transpose(0, 1).contiguous(memory_format=torch.channels_last)  # (T, C, h, w)
-            y = F.interpolate(y, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-            return y.transpose(0, 1).contiguous()
+    cpu_bytes = x.dtype == torch.uint8 and x.device.type == "cpu"
+    if cpu_bytes and c not in (3, 4):
         return resize_planes_uint8(x, size)
-    y = x.float() if x.dtype == torch.uint8 else x  # other devices have no uint8 kernel: floats, rounded back
-    y = F.interpolate(y.transpose(0, 1), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    y = x.transpose(0, 1)  # (T, C, h, w)
+    if cpu_bytes:  # the uint8 kernel's layout; free when channels are innermost (decord's (T, H, W, 3))
+        y = y.contiguous(memory_format=torch.channels_last)
+    elif x.dtype == torch.uint8:  # other devices have no uint8 kernel: floats, rounded back below
+        y = y.float()
+    y = F.interpolate(y, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     y = y.transpose(0, 1).contiguous()
-    return y.round_().clamp_(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else y
+    return y.round_().clamp_(0, 255).to(torch.uint8) if y.dtype != x.dtype else y
 
 
 def resize_planes_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
     """(C, T, h, w) uint8 -> (C, T, size, size) uint8, every plane resized on its own (bilinear, antialiased).
 
     The C x T planes go through torch's vectorised uint8 kernel as images of 4 channels-last planes
-    (that kernel takes 3 or 4 channels): the same bytes as resizing (T, C, h, w) frames, and
-    1.4-1.8x faster for two-channel flow, 2-2.5x for one-channel depth (planes are independent)."""
+    (that kernel takes 3 or 4 channels): the same bytes as resizing (T, C, h, w) frames, and 1.7x faster
+    for two-channel flow and for one-channel depth (planes are independent; tools/bench/transforms.py)."""
     c, t, h, w = x.shape
     n = c * t
     planes = x.reshape(n, h, w)

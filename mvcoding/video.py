@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mvcoding.errors import UserError
+from mvcoding.errors import UserError, first_line
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float = 25.0) -> None:
@@ -36,8 +36,8 @@ def open_video(path: str, *, width: int = -1, height: int = -1):
     try:
         return decord.VideoReader(str(path), width=width, height=height, num_threads=1)
     except Exception as e:  # decord raises DECORDError / RuntimeError with C++ traces
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot decode video {path}: {msg[:200]}; check the file or remove it from the split") from e
+        msg = first_line(e, 200)
+        raise UserError(f"cannot decode video {path}: {msg}; check the file or remove it from the split") from e
 
 
 def video_info(path: str) -> tuple[int, float, int, int]:
@@ -57,8 +57,8 @@ def read_frames(path: str, indices: list[int] | None = None, *, width: int = -1,
     try:
         return vr.get_batch(indices).asnumpy()
     except Exception as e:  # decord fails on some frame sizes and damaged streams
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot decode frames {indices[0]}..{indices[-1]} of {path}: {msg[:200]}") from e
+        msg = first_line(e, 200)
+        raise UserError(f"cannot decode frames {indices[0]}..{indices[-1]} of {path}: {msg}") from e
 
 
 def decode_all(path: str, resolution=None) -> tuple[np.ndarray, float]:
@@ -68,6 +68,6 @@ def decode_all(path: str, resolution=None) -> tuple[np.ndarray, float]:
     try:
         frames = vr.get_batch(list(range(len(vr)))).asnumpy()
     except Exception as e:  # a truncated file can open and then fail mid-stream
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot decode video {path}: {msg[:200]}; check the file or remove it from the split") from e
+        msg = first_line(e, 200)
+        raise UserError(f"cannot decode video {path}: {msg}; check the file or remove it from the split") from e
     return frames, float(vr.get_avg_fps() or 25.0)

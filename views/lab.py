@@ -10,9 +10,9 @@ from functools import partial
 
 import torch
 
-from mvcoding.registry import View, ViewContext, register_view
+from mvcoding.registry import register_view
 from mvcoding.transforms import rgb_to_lab
-from mvcoding.views.rgb import cached_rgb_view
+from mvcoding.views.rgb import frames_view
 
 # Lab channel statistics used to bring each channel to roughly zero mean, unit scale
 L_CENTER, L_SCALE, AB_SCALE = 50.0, 50.0, 110.0
@@ -28,72 +28,17 @@ def lab_input(x: torch.Tensor, *, channels: slice, lightness: bool) -> torch.Ten
     return lab / AB_SCALE
 
 
-def lab_view(name: str, channels: slice, *, ctx: ViewContext, encoder: str, width, size, resolution, offset,
-             cache=False, cache_format="jpeg", jpeg_quality=90, jpeg_decode="auto") -> View:  # fmt: skip
-    return cached_rgb_view(
-        name, channels.stop - channels.start, partial(lab_input, channels=channels, lightness=name == "lab_l"),
-        ctx=ctx, encoder=encoder, width=width, size=size, resolution=resolution,
-        offset=offset, cache=cache, cache_format=cache_format, jpeg_quality=jpeg_quality, jpeg_decode=jpeg_decode,
-    )  # fmt: skip
+def lab_view(name: str, channels: slice, doc: str):
+    """The factory of lab_l or lab_ab: the rgb view's settings and frames, Lab `channels` on the device."""
+    step = partial(lab_input, channels=channels, lightness=name == "lab_l")
+    factory = frames_view(name, channels.stop - channels.start, step, doc)
+    factory.__module__ = __name__  # `mvcoding views` names this module as the view's source
+    return factory
 
 
-@register_view("lab_l")
-def lab_l(
-    *,
-    ctx: ViewContext,
-    encoder: str = "small3d",
-    width: int | None = None,
-    size: int | None = None,
-    resolution: list[int] | None = None,
-    offset: int = 0,
-    cache: bool = False,
-    cache_format: str = "jpeg",
-    jpeg_quality: int = 90,
-    jpeg_decode: str = "auto",
-) -> View:
-    """Lightness L of CIE Lab, (1, T, size, size), scaled to about [-1, 1]."""
-    return lab_view(
-        "lab_l",
-        slice(0, 1),
-        ctx=ctx,
-        encoder=encoder,
-        width=width,
-        size=size,
-        resolution=resolution,
-        offset=offset,
-        cache=cache,
-        cache_format=cache_format,
-        jpeg_quality=jpeg_quality,
-        jpeg_decode=jpeg_decode,
-    )
-
-
-@register_view("lab_ab")
-def lab_ab(
-    *,
-    ctx: ViewContext,
-    encoder: str = "small3d",
-    width: int | None = None,
-    size: int | None = None,
-    resolution: list[int] | None = None,
-    offset: int = 0,
-    cache: bool = False,
-    cache_format: str = "jpeg",
-    jpeg_quality: int = 90,
-    jpeg_decode: str = "auto",
-) -> View:
-    """Colour channels a, b of CIE Lab, (2, T, size, size), scaled to about [-1, 1]."""
-    return lab_view(
-        "lab_ab",
-        slice(1, 3),
-        ctx=ctx,
-        encoder=encoder,
-        width=width,
-        size=size,
-        resolution=resolution,
-        offset=offset,
-        cache=cache,
-        cache_format=cache_format,
-        jpeg_quality=jpeg_quality,
-        jpeg_decode=jpeg_decode,
-    )
+lab_l = register_view("lab_l")(
+    lab_view("lab_l", slice(0, 1), "Lightness L of CIE Lab, (1, T, size, size), scaled to about [-1, 1].")
+)
+lab_ab = register_view("lab_ab")(
+    lab_view("lab_ab", slice(1, 3), "Colour channels a, b of CIE Lab, (2, T, size, size), scaled to about [-1, 1].")
+)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mvcoding.encoders import build_encoder
-from mvcoding.errors import UserError
+from mvcoding.errors import UserError, first_line
 from mvcoding.registry import Aug, Clip, Precompute, Source, View, ViewContext, register_view
 from mvcoding.transforms import crop_resize, normalize
 from mvcoding.video import read_frames
@@ -76,7 +76,7 @@ def decode_frames(rows: torch.Tensor, device="cpu") -> torch.Tensor:
     try:
         return torch.stack(decode_jpeg(jpeg_bytes(rows), device=device))
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise UserError(f"a JPEG frame of the rgb cache cannot be decoded ({first}); repair it with: "
                         "mvcoding precompute rgb CONFIG") from e  # fmt: skip
 
@@ -137,27 +137,23 @@ def jpeg_rows(x: torch.Tensor, aug: Aug) -> dict:
     return {"host_jpeg": x[0, :, 0], "host_aug": torch.tensor([*box, float(aug.flip)], dtype=torch.float64)}
 
 
-def decode_jpeg_rows(x: dict, *, size: int, device: str) -> torch.Tensor:
-    """On the device, batched: jpeg_rows items {"host_jpeg": (..., T, L), "host_aug": (..., 5)} in host
-    memory -> (..., 3, T, size, size) uint8 on `device`, as transform_rgb makes them in the workers: every
-    frame of the batch decoded in one decode_jpeg call, then each clip cropped, resized and flipped."""
+def decode_on_the_device(x: dict, *, size: int, device: str, then) -> torch.Tensor:
+    """jpeg_decode=device's device_transform, batched: jpeg_rows items {"host_jpeg": (..., T, L), "host_aug":
+    (..., 5)} in host memory -> every frame decoded in one decode_jpeg call on `device`, each clip cropped,
+    resized and flipped as transform_rgb does in the workers ((..., 3, T, size, size) uint8), then `then`,
+    the view's own device step."""
     rows, aug = x["host_jpeg"], x["host_aug"]
     lead, (t, length) = rows.shape[:-2], rows.shape[-2:]
     frames = decode_frames(rows.reshape(-1, length), device)  # (N * T, 3, H, W)
     frames = frames.view(-1, t, *frames.shape[1:]).transpose(1, 2)  # (N, 3, T, H, W)
     augs = [Aug(train=True, crop=unbox(a[:4]), flip=a[4] > 0) for a in aug.view(-1, 5).tolist()]
     out = torch.stack([transform_rgb(clip, a, size=size) for clip, a in zip(frames, augs, strict=True)])
-    return out.view(*lead, *out.shape[1:])
+    return then(out.view(*lead, *out.shape[1:]))
 
 
 def unbox(a: list[float]):
     """jpeg_rows' box encoding -> Aug.crop: (y0, x0, h, w), eval's (p,), or None."""
     return tuple(a) if not math.isnan(a[0]) else None if math.isnan(a[1]) else (a[1],)
-
-
-def decode_then(x: dict, *, size: int, device: str, then) -> torch.Tensor:
-    """jpeg_decode=device's device_transform: decode_jpeg_rows, then the view's own device step `then`."""
-    return then(decode_jpeg_rows(x, size=size, device=device))
 
 
 def transform_rgb(x: torch.Tensor, aug: Aug, *, size: int) -> torch.Tensor:
@@ -171,49 +167,54 @@ def normalize_rgb(x: torch.Tensor) -> torch.Tensor:
     return normalize(x.float() / 255, MEAN, STD)
 
 
-@register_view("rgb")
-def rgb(
-    *,
-    ctx: ViewContext,
-    encoder: str = "small3d",
-    width: int | None = None,
-    size: int | None = None,
-    resolution: list[int] | None = None,
-    offset: int = 0,
-    cache: bool = False,
-    cache_format: str = "jpeg",
-    jpeg_quality: int = 90,
-    jpeg_decode: str = "auto",
-) -> View:
-    """RGB clip. size: crop size (default data.size); resolution: [H, W] to decode at (default native);
+def frames_view(name: str, channels: int, device_step, doc: str):
+    """The factory of a view of the video's RGB frames (rgb, lab_l, lab_ab: one signature for the three):
+    decoded from the video, or read from the decode-once cache and decoded in the workers or on the
+    device; device_step: (..., 3, T, S, S) uint8 -> the model input, on the device."""
+
+    def factory(
+        *,
+        ctx: ViewContext,
+        encoder: str = "small3d",
+        width: int | None = None,
+        size: int | None = None,
+        resolution: list[int] | None = None,
+        offset: int = 0,
+        cache: bool = False,
+        cache_format: str = "jpeg",
+        jpeg_quality: int = 90,
+        jpeg_decode: str = "auto",
+    ) -> View:
+        size, resolution = size or ctx.size, list(resolution) if resolution else None
+        on_device = decode_on_device(ctx, jpeg_decode=jpeg_decode, cache=cache, cache_format=cache_format, view=name)
+        stage = (rgb_stage(cache_format=cache_format, jpeg_quality=jpeg_quality, resolution=resolution,
+                           offset=offset, unpack=not on_device) if cache else None)  # fmt: skip
+        return View(  # module-level functions bound with partial: the view pickles into spawned workers
+            name=name,
+            channels=channels,
+            decode=None if cache else partial(decode_rgb, offset=offset, resolution=resolution),
+            transform=jpeg_rows if on_device else partial(transform_rgb, size=size),  # uint8 crops in the workers
+            device_transform=partial(decode_on_the_device, size=size, device=ctx.device, then=device_step)
+            if on_device
+            else device_step,  # fmt: skip
+            build_encoder=partial(build_encoder, encoder, in_channels=channels, width=width),
+            precompute=stage,  # lab_l and lab_ab read the rgb view's cache, when the settings match
+            source=None if cache else f"rgb-video:{resolution}:{offset}",  # one decode for rgb, lab_l, lab_ab
+        )
+
+    factory.__doc__, factory.__name__, factory.__qualname__ = doc, name, name
+    return factory
+
+
+rgb = register_view("rgb")(
+    frames_view(
+        "rgb",
+        3,
+        normalize_rgb,
+        """RGB clip. size: crop size (default data.size); resolution: [H, W] to decode at (default native);
     offset: frames to shift this view's window by (a later clip of the same video is a view of its own);
     cache: read the frames from the decode-once cache (`mvcoding precompute rgb`), stored as cache_format
     (jpeg at jpeg_quality, or raw) at resolution; jpeg_decode: where that JPEG is decoded (auto, workers,
-    device)."""
-    return cached_rgb_view(
-        "rgb", 3, normalize_rgb, ctx=ctx, encoder=encoder, width=width, size=size, resolution=resolution,
-        offset=offset, cache=cache, cache_format=cache_format, jpeg_quality=jpeg_quality, jpeg_decode=jpeg_decode,
-    )  # fmt: skip
-
-
-def cached_rgb_view(name: str, channels: int, device_step, *, ctx: ViewContext, encoder: str, width, size,
-                    resolution, offset: int, cache: bool, cache_format: str, jpeg_quality: int,
-                    jpeg_decode: str) -> View:  # fmt: skip
-    """A view of the RGB frames (rgb, lab_l, lab_ab): decoded from the video, or read from the decode-once
-    cache and decoded in the workers or on the device; device_step: (..., 3, T, S, S) uint8 -> the input."""
-    size, resolution = size or ctx.size, list(resolution) if resolution else None
-    on_device = decode_on_device(ctx, jpeg_decode=jpeg_decode, cache=cache, cache_format=cache_format, view=name)
-    stage = (rgb_stage(cache_format=cache_format, jpeg_quality=jpeg_quality, resolution=resolution, offset=offset,
-                       unpack=not on_device) if cache else None)  # fmt: skip
-    return View(  # module-level functions bound with partial: the view pickles into spawned workers
-        name=name,
-        channels=channels,
-        decode=None if cache else partial(decode_rgb, offset=offset, resolution=resolution),
-        transform=jpeg_rows if on_device else partial(transform_rgb, size=size),  # uint8 crops in the workers
-        device_transform=partial(decode_then, size=size, device=ctx.device, then=device_step)
-        if on_device
-        else device_step,  # fmt: skip
-        build_encoder=partial(build_encoder, encoder, in_channels=channels, width=width),
-        precompute=stage,  # lab_l and lab_ab read the rgb view's cache, when the settings match
-        source=None if cache else f"rgb-video:{resolution}:{offset}",  # one decode for rgb, lab_l, lab_ab
+    device).""",
     )
+)

@@ -17,11 +17,11 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import Dataset, SequentialSampler
 
-from mvcoding.data import MultiViewClips, decode_views, make_loader, stack, video_lengths
+from mvcoding.data import MultiViewClips, collate, decode_views, make_loader, video_lengths
 from mvcoding.datasets import DatasetIndex, load_dataset
 from mvcoding.errors import UserError
 from mvcoding.eval.metrics import sha256_file
-from mvcoding.files import load_safe, save_atomic
+from mvcoding.files import find_checkpoint, load_safe, save_atomic
 from mvcoding.model import build_encoder_of, build_views
 from mvcoding.registry import Aug, View, to_model
 
@@ -56,7 +56,7 @@ class EvalClips(Dataset):
         item = {}
         for name, x in decode_views(self.base.views, clip).items():  # one decode per source (rgb, lab_*)
             view = self.base.views[name]
-            item[name] = stack([view.transform(x, Aug(train=False, crop=box)) for box in crop_boxes(self.crops)])
+            item[name] = collate([view.transform(x, Aug(train=False, crop=box)) for box in crop_boxes(self.crops)])
         video = i // self.base.clips
         return item | {"label": self.base.records[video].label, "video": video, "clip": i % self.base.clips}
 
@@ -79,10 +79,8 @@ def resolve_checkpoint(checkpoint) -> Path:
     if not checkpoint:
         raise UserError("no checkpoint given; pass checkpoint=PATH (a .pt file or a run directory) "
                         "or eval.random_init=true for the random-init baseline")  # fmt: skip
-    path = Path(str(checkpoint))
-    if path.is_dir():
-        path = next((p for p in (path / "checkpoints" / "last.pt", path / "last.pt") if p.is_file()), path)
-    if not path.is_file():
+    path = find_checkpoint(str(checkpoint))
+    if path is None:
         raise UserError(f"checkpoint={checkpoint}: no checkpoint there; pass a .pt file written by mvcoding train")
     return path
 

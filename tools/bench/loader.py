@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler, default_collate
+from torch.utils.data import Sampler
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))  # fake_trees: the UCF101 layout
@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # fake_trees: the UCF101 layout
 from fake_trees import make_ucf101_tree  # noqa: E402
 from mvcoding.cache import read_parts  # noqa: E402
 from mvcoding.config import load_config  # noqa: E402
-from mvcoding.data import EpochSampler, MultiViewClips, make_loader, video_lengths  # noqa: E402
+from mvcoding.data import EpochSampler, MultiViewClips, collate, make_loader, video_lengths  # noqa: E402
 from mvcoding.datasets import load_dataset  # noqa: E402
 from mvcoding.model import build_views  # noqa: E402
 from mvcoding.precompute import main as precompute  # noqa: E402
@@ -213,7 +213,7 @@ def breakdown(data: MultiViewClips, items: list[int], batch: int) -> list[tuple[
         t.append(time.perf_counter())
         done.append({"rgb": x, "flow": f, "index": i, "label": 0, "video": i})
         if len(done) == batch:
-            default_collate(done)
+            collate(done)
             done = []
         t.append(time.perf_counter())
         bare.decode(clip.path, clip.frame_indices)

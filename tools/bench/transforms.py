@@ -1,0 +1,136 @@
+"""The worker-side transforms against the ways they replaced, side by side in one process (one thread).
+
+Every pair gives the same bytes (checked) and is timed interleaved: median ms per clip of --rounds rounds.
+
+  resize flow      crop+resize of a (2, 16, 128, 171) uint8 flow clip stored (T, C, H, W): the C x T planes
+                   grouped 4 to an image (mvcoding.transforms.crop_resize) against (T, C, h, w) frames
+  resize depth     the same for one-channel depth
+  resize rgb       a decord (T, H, W, 3) clip: crop_resize's channels-last frames against the plane grouping
+                   (which crop_resize does not use for 3 channels: this row says why)
+  flow lookup      the stretch/flip table on one (16, 112, 112) code plane: cv2.LUT against np.take
+  flow transform   mvcoding.views.flow.transform_flow against the same steps with the frame resize and np.take
+  jpeg decode      16 JPEG frames at 128x171 (quality 90, the rgb cache's rows): torchvision's decode_jpeg
+                   (mvcoding.views.rgb.decode_frames) against OpenCV's imdecode
+
+    python tools/bench/transforms.py [--rounds 9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loader import texture_video  # noqa: E402
+
+from mvcoding.registry import Aug  # noqa: E402
+from mvcoding.transforms import crop_box, crop_resize, resize_planes_uint8  # noqa: E402
+from mvcoding.views.flow import stretch_table, transform_flow  # noqa: E402
+from mvcoding.views.rgb import decode_frames, pack_jpeg  # noqa: E402
+
+CROP, SIZE, BOUND = (0.1, 0.15, 0.7, 0.65), 112, 20.0
+
+
+def frames_resize(x: torch.Tensor, crop, size: int) -> torch.Tensor:
+    """Crop+resize as (T, C, h, w) channels-last frames (crop_resize's way before the plane grouping)."""
+    y0, x0, h, w = crop_box(x.shape[-2], x.shape[-1], crop)
+    y = x[:, :, y0 : y0 + h, x0 : x0 + w].transpose(0, 1).contiguous(memory_format=torch.channels_last)
+    y = F.interpolate(y, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return y.transpose(0, 1).contiguous()
+
+
+def planes_resize(x: torch.Tensor, crop, size: int) -> torch.Tensor:
+    y0, x0, h, w = crop_box(x.shape[-2], x.shape[-1], crop)
+    return resize_planes_uint8(x[:, :, y0 : y0 + h, x0 : x0 + w], size)
+
+
+def flow_before(x: torch.Tensor, aug: Aug, *, size: int, bound: float) -> torch.Tensor:
+    """transform_flow with the frame resize and np.take (its steps before this change)."""
+    _, _, bh, bw = crop_box(x.shape[-2], x.shape[-1], aug.crop)
+    x = frames_resize(x, aug.crop, size)
+    out = np.array((x.flip(-1) if aug.flip else x).numpy())
+    for c, (factor, negate) in enumerate(((size / bw, aug.flip), (size / bh, False))):
+        out[c] = np.take(stretch_table(factor, negate, bound), out[c])
+    return torch.from_numpy(out)
+
+
+def imdecode(rows: torch.Tensor) -> torch.Tensor:
+    """OpenCV's decode of pack_jpeg rows (N, L) -> (N, 3, H, W) RGB."""
+    import cv2
+
+    out = []
+    for row in rows.numpy():
+        n = int(row[:4].view("<u4")[0])
+        out.append(cv2.imdecode(row[4 : 4 + n], cv2.IMREAD_COLOR)[..., ::-1].transpose(2, 0, 1))
+    return torch.from_numpy(np.ascontiguousarray(np.stack(out)))
+
+
+def pairs() -> list[tuple[str, str, object, str, object]]:
+    """(row, new name, new call, old name, old call)."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    flow = torch.from_numpy(rng.integers(0, 256, (16, 2, 128, 171), dtype=np.uint8)).permute(1, 0, 2, 3)
+    depth = torch.from_numpy(rng.integers(0, 256, (16, 1, 128, 171), dtype=np.uint8)).permute(1, 0, 2, 3)
+    frames = texture_video(0, 16, 128, 171)  # (T, H, W, 3)
+    rgb = torch.from_numpy(frames).permute(3, 0, 1, 2)
+    plane = np.ascontiguousarray(flow[0, :, :112, :112].numpy())
+    table = stretch_table(1.3, True, BOUND)
+    rows = torch.from_numpy(pack_jpeg(frames, 90)[:, 0, 0])
+    aug = Aug(train=True, crop=CROP, flip=True)
+    resize = [
+        (
+            f"resize {name}",
+            "planes",
+            partial(crop_resize, x, CROP, SIZE),
+            "frames",
+            partial(frames_resize, x, CROP, SIZE),
+        )
+        for name, x in (("flow", flow), ("depth", depth))
+    ]
+    return resize + [
+        ("resize rgb", "frames", partial(crop_resize, rgb, CROP, SIZE),
+         "planes", partial(planes_resize, rgb, CROP, SIZE)),
+        ("flow lookup", "cv2.LUT", lambda: cv2.LUT(plane.reshape(-1, 112), table).reshape(plane.shape),
+         "np.take", lambda: np.take(table, plane)),
+        ("flow transform", "now", lambda: transform_flow(flow, aug, size=SIZE, bound=BOUND),
+         "before", lambda: flow_before(flow, aug, size=SIZE, bound=BOUND)),
+        ("jpeg decode", "torchvision", lambda: decode_frames(rows), "opencv", lambda: imdecode(rows)),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--reps", type=int, default=10, help="calls per timing")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    import cv2
+
+    cv2.setNumThreads(1)
+    print(f"{'':16} {'new':>12} {'ms':>7}   {'old':>8} {'ms':>7}   old/new   (median of {args.rounds} rounds)")
+    for row, new_name, new, old_name, old in pairs():
+        a, b = new(), old()
+        same = np.array_equal(np.asarray(a), np.asarray(b))
+        times = {"new": [], "old": []}
+        for r in range(args.rounds):
+            for key, fn in (("new", new), ("old", old)) if r % 2 else (("old", old), ("new", new)):
+                t0 = time.perf_counter()
+                for _ in range(args.reps):
+                    fn()
+                times[key].append(1e3 * (time.perf_counter() - t0) / args.reps)
+        n, o = statistics.median(times["new"]), statistics.median(times["old"])
+        flag = "" if same else "   OUTPUTS DIFFER"
+        print(f"{row:16} {new_name:>12} {n:7.2f}   {old_name:>8} {o:7.2f}   {o / n:7.2f}{flag}")
+
+
+if __name__ == "__main__":
+    main()
