@@ -196,6 +196,9 @@ class _PartPlan:
     rewrite: list[bool]  # per target: the part file must be written
 
 
+COMPRESSIONS = ("lzf", "gzip", None)  # the HDF5 filters a stage may store with (Precompute.compression)
+
+
 def run_precompute(
     *,
     records: list,
@@ -205,7 +208,6 @@ def run_precompute(
     shard: tuple[int, int] | str = (0, 1),
     videos_per_part: int = 16,
     desc: str = "precompute",
-    compression: str | None = "lzf",
     start_method: str = "fork",
     progress: bool = True,
     verify: bool = True,
@@ -221,6 +223,9 @@ def run_precompute(
     i, n = parse_shard(shard)
     parts = plan_parts(records, videos_per_part)
     for t in targets:
+        if t.stage.compression not in COMPRESSIONS:
+            raise UserError(f"the {t.view} view's precompute stage has compression={t.stage.compression!r}; use one "
+                            f"of: lzf, gzip, None")  # fmt: skip
         if t.stage.setup is not None:
             t.stage.setup()  # fail before any work: missing weights and the like
         ensure_provenance(t.path, t.provenance)
@@ -229,12 +234,12 @@ def run_precompute(
     mine = list(range(i, len(parts), n))
     bar = Progress(sum(len(parts[k]) for k in mine), 0, desc, enabled=progress)
     try:
-        waiting = _fill(mine, False, parts, targets, stages, root, workers, start_method, compression, verify, bar,
+        waiting = _fill(mine, False, parts, targets, stages, root, workers, start_method, verify, bar,
                         summary)  # fmt: skip
         for k in waiting:
             bar.write(f"part {k} is being filled by another process (pid {PartLock(targets[0].path, k).holder()}); "
                       f"waiting for it")  # fmt: skip
-        _fill(waiting, True, parts, targets, stages, root, workers, start_method, compression, verify, bar, summary)
+        _fill(waiting, True, parts, targets, stages, root, workers, start_method, verify, bar, summary)
     finally:
         bar.close()
     summary.seconds = time.monotonic() - t0
@@ -290,7 +295,7 @@ def _plan_part(k: int, locks: list, part: list, targets, root, verify: bool, bar
     return _PartPlan(k, locks, keep, todo, rewrite)
 
 
-def _fill(ks, block, parts, targets, stages, root, workers, start_method, compression, verify, bar, summary) -> list:
+def _fill(ks, block, parts, targets, stages, root, workers, start_method, verify, bar, summary) -> list:
     """Fill parts `ks` whose locks can be had (all of them with block=True); returns the others."""
     plans, waiting = [], []
     try:
@@ -313,7 +318,7 @@ def _fill(ks, block, parts, targets, stages, root, workers, start_method, compre
         results = _results(partial(compute_entries, stages, root), jobs, workers, start_method)
         try:
             for p in plans:
-                _write_part(p, results, targets, compression, bar, summary, len(parts[p.k]))
+                _write_part(p, results, targets, bar, summary, len(parts[p.k]))
         finally:
             results.close()  # stops the worker processes if we leave early
     finally:
@@ -323,10 +328,10 @@ def _fill(ks, block, parts, targets, stages, root, workers, start_method, compre
     return waiting
 
 
-def _write_part(p: _PartPlan, results: Iterator, targets, compression, bar: Progress, summary: Summary, size: int):
+def _write_part(p: _PartPlan, results: Iterator, targets, bar: Progress, summary: Summary, size: int):
     import h5py
 
-    writers = [PartWriter(t.path, p.k, t.provenance, compression=compression) if p.rewrite[ti] else None
+    writers = [PartWriter(t.path, p.k, t.provenance, compression=t.stage.compression) if p.rewrite[ti] else None
                for ti, t in enumerate(targets)]  # fmt: skip
     failed: list[dict] = [{} for _ in targets]
     try:

@@ -98,6 +98,10 @@ class Precompute:
         weights and the like exist, raising UserError that says what to get.
     unpack: for an encoded entry (e.g. JPEG bytes per frame), stored (T, C, H, W) -> decoded (T, C', H', W'),
         applied by the view's decode after each read; None: the view reads what is stored.
+    compression: the HDF5 filter of the stored frames: "lzf" (default: fast, and small for quantised flow
+        or depth), "gzip" (smaller, slower to read) or None, for data that does not compress: raw video
+        frames, where lzf saves 9-16% of the disk and makes every read 5.7x slower (BENCHMARKS.md). Not part
+        of the provenance: a cache reads the same whichever filter wrote it.
 
     The framework does the rest: folder and provenance, parts, resume, sharding, workers, progress,
     checksums, source identity, locks, and the view's decode (view.decode=None) and check.
@@ -112,6 +116,7 @@ class Precompute:
     offset: int = 0
     setup: Callable[[], None] | None = None
     unpack: Callable | None = None
+    compression: str | None = "lzf"
 
 
 class Source:

@@ -139,8 +139,8 @@ def fake_records(tmp_path: Path, n: int) -> list[VideoRecord]:
 PROV = {"format_version": 2, "cache": "fake", "settings": {}, "resolution": None, "dataset": "d", "source_root": "/"}
 
 
-def run(records, out, compute=fake_entry, provenance=PROV, **kw):
-    target = Target("fake", Path(out), provenance, Precompute(compute=compute))
+def run(records, out, compute=fake_entry, provenance=PROV, compression="lzf", **kw):
+    target = Target("fake", Path(out), provenance, Precompute(compute=compute, compression=compression))
     root = Path(records[0].path).parent.parent
     args = {"workers": 1, "shard": (0, 1), "videos_per_part": 2, "desc": "t", "progress": False}
     return run_precompute(records=records, targets=[target], root=root, **{**args, **kw})
@@ -259,6 +259,22 @@ def test_different_settings_are_refused(tmp_path):
     msg = "filled without settings.preset but the config asks for settings.preset='fast'; delete"
     with pytest.raises(UserError, match=msg):
         run(records, tmp_path / "cache", provenance={**PROV, "settings": {"preset": "fast"}})
+
+
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_the_stage_chooses_its_hdf5_filter(tmp_path, compression):
+    import h5py
+
+    records = fake_records(tmp_path, 3)
+    assert run(records, tmp_path / "cache", compression=compression).ok
+    assert_complete(tmp_path / "cache", records)
+    for part in (tmp_path / "cache").glob("part-*.h5"):
+        with h5py.File(part, "r") as f:
+            for v in json.loads(f.attrs["videos"]):
+                assert (f[v].compression, f[v].fletcher32) == (compression, True)  # still checksummed
+    with pytest.raises(UserError, match=r"^the fake view's precompute stage has compression='zstd'; use one of"):
+        run(records, tmp_path / "other", compression="zstd")
+    assert not (tmp_path / "other").exists() or not list((tmp_path / "other").glob("part-*.h5"))
 
 
 def damage(part: Path, how: str) -> None:

@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -101,11 +102,11 @@ def pipeline(records, tmp: Path, algorithm: str, params: dict, resolution, worke
     view = build_view("flow", ctx, algorithm=algorithm, params=params, resolution=resolution)  # as the command does
     path = view.cache.path
     shutil.rmtree(path, ignore_errors=True)
-    target = Target("flow", path, view.cache.expect, view.precompute)
+    target = Target("flow", path, view.cache.expect, replace(view.precompute, compression=compression))
     t0 = time.perf_counter()
     s = run_precompute(
         records=records, targets=[target], root=tmp, workers=workers, shard=(0, 1),
-        videos_per_part=4, desc=f"{algorithm} x{workers}", compression=compression, progress=False,
+        videos_per_part=4, desc=f"{algorithm} x{workers}", progress=False,
     )  # fmt: skip
     dt = time.perf_counter() - t0
     assert s.ok and s.done == len(records), s.line()

@@ -11,6 +11,9 @@ Every pair gives the same bytes (checked) and is timed interleaved: median ms pe
   flow transform   mvcoding.views.flow.transform_flow against the same steps with the frame resize and np.take
   jpeg decode      16 JPEG frames at 128x171 (quality 90, the rgb cache's rows): torchvision's decode_jpeg
                    (mvcoding.views.rgb.decode_frames) against OpenCV's imdecode
+  raw rgb read     a 16-frame clip of the raw rgb cache (T, 3, 128, 171) from parts written by the cache's
+                   PartWriter, uncompressed (the raw format's filter) against lzf; each call reads another
+                   of 32 videos, so HDF5's chunk cache does not hold the clip; both fletcher32-checked
 
     python tools/bench/transforms.py [--rounds 9]
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -73,7 +77,33 @@ def imdecode(rows: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.stack(out)))
 
 
-def pairs() -> list[tuple[str, str, object, str, object]]:
+class ClipReads:
+    """Reads 16-frame clips from a part of 32 textured videos written by PartWriter with `compression`: each
+    call the next video (and another start), from the first video again after reset()."""
+
+    def __init__(self, folder: Path, compression: str | None):
+        import h5py
+
+        from mvcoding.cache import PartWriter, part_file
+
+        folder.mkdir()
+        with PartWriter(folder, 0, {}, compression=compression) as w:
+            for v in range(32):
+                w.add(f"v{v}", np.ascontiguousarray(texture_video(v, 48, 128, 171).transpose(0, 3, 1, 2)), {})
+            w.commit({})
+        self.bytes = part_file(folder, 0).stat().st_size
+        self.f, self.k = h5py.File(part_file(folder, 0), "r", locking=False), 0
+
+    def __call__(self) -> np.ndarray:
+        v, self.k = self.k % 32, self.k + 1
+        start = 7 * self.k % 32
+        return self.f[f"v{v}"][start : start + 16]
+
+    def reset(self) -> None:
+        self.k = 0
+
+
+def pairs(tmp: Path) -> list[tuple[str, str, object, str, object]]:
     """(row, new name, new call, old name, old call)."""
     import cv2
 
@@ -104,6 +134,7 @@ def pairs() -> list[tuple[str, str, object, str, object]]:
         ("flow transform", "now", lambda: transform_flow(flow, aug, size=SIZE, bound=BOUND),
          "before", lambda: flow_before(flow, aug, size=SIZE, bound=BOUND)),
         ("jpeg decode", "torchvision", lambda: decode_frames(rows), "opencv", lambda: imdecode(rows)),
+        ("raw rgb read", "none", ClipReads(tmp / "none", None), "lzf", ClipReads(tmp / "lzf", "lzf")),
     ]  # fmt: skip
 
 
@@ -117,19 +148,31 @@ def main() -> None:
 
     cv2.setNumThreads(1)
     print(f"{'':16} {'new':>12} {'ms':>7}   {'old':>8} {'ms':>7}   old/new   (median of {args.rounds} rounds)")
-    for row, new_name, new, old_name, old in pairs():
-        a, b = new(), old()
-        same = np.array_equal(np.asarray(a), np.asarray(b))
-        times = {"new": [], "old": []}
-        for r in range(args.rounds):
-            for key, fn in (("new", new), ("old", old)) if r % 2 else (("old", old), ("new", new)):
-                t0 = time.perf_counter()
-                for _ in range(args.reps):
-                    fn()
-                times[key].append(1e3 * (time.perf_counter() - t0) / args.reps)
-        n, o = statistics.median(times["new"]), statistics.median(times["old"])
-        flag = "" if same else "   OUTPUTS DIFFER"
-        print(f"{row:16} {new_name:>12} {n:7.2f}   {old_name:>8} {o:7.2f}   {o / n:7.2f}{flag}")
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = pairs(Path(tmp))
+        for row in rows:
+            time_pair(*row, args)
+        reads = rows[-1]
+        print(f"raw rgb cache on disk: lzf {reads[4].bytes / 2**20:.1f} MiB, none {reads[2].bytes / 2**20:.1f} MiB "
+              f"(lzf saves {100 * (1 - reads[4].bytes / reads[2].bytes):.0f}%)")  # fmt: skip
+
+
+def time_pair(row: str, new_name: str, new, old_name: str, old, args) -> None:
+    """Check that both give the same output, then time them interleaved and print the row."""
+    for fn in (new, old):
+        getattr(fn, "reset", lambda: None)()
+    a, b = new(), old()
+    same = np.array_equal(np.asarray(a), np.asarray(b))
+    times = {"new": [], "old": []}
+    for r in range(args.rounds):
+        for key, fn in (("new", new), ("old", old)) if r % 2 else (("old", old), ("new", new)):
+            t0 = time.perf_counter()
+            for _ in range(args.reps):
+                fn()
+            times[key].append(1e3 * (time.perf_counter() - t0) / args.reps)
+    n, o = statistics.median(times["new"]), statistics.median(times["old"])
+    flag = "" if same else "   OUTPUTS DIFFER"
+    print(f"{row:16} {new_name:>12} {n:7.2f}   {old_name:>8} {o:7.2f}   {o / n:7.2f}{flag}")
 
 
 if __name__ == "__main__":
