@@ -54,7 +54,7 @@ def crop_resize(x: torch.Tensor, crop, size: int) -> torch.Tensor:
     if (h, w) == (size, size):
         return x.contiguous()
     cpu_bytes = x.dtype == torch.uint8 and x.device.type == "cpu"
-    if cpu_bytes and c not in (3, 4):
+    if cpu_bytes and (c not in (3, 4) or x.stride(0) != 1):  # planes unless channels are innermost (decord's)
         return resize_planes_uint8(x, size)
     y = x.transpose(0, 1)  # (T, C, h, w)
     if cpu_bytes:  # the uint8 kernel's layout; free when channels are innermost (decord's (T, H, W, 3))
@@ -67,19 +67,23 @@ def crop_resize(x: torch.Tensor, crop, size: int) -> torch.Tensor:
 
 
 def resize_planes_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
-    """(C, T, h, w) uint8 -> (C, T, size, size) uint8, every plane resized on its own (bilinear, antialiased).
+    """(C, T, h, w) uint8 -> (C, T, size, size) uint8, every plane resized on its own (bilinear, antialiased);
+    laid out in memory as x is (a (T, C, H, W)-stored clip comes back (T, C)-ordered: one copy fewer).
 
     The C x T planes go through torch's vectorised uint8 kernel as images of 4 channels-last planes
     (that kernel takes 3 or 4 channels): the same bytes as resizing (T, C, h, w) frames, and 1.7x faster
     for two-channel flow and for one-channel depth (planes are independent; tools/bench/transforms.py)."""
     c, t, h, w = x.shape
     n = c * t
-    planes = x.reshape(n, h, w)
+    frames_first = x.stride(1) > x.stride(0)  # stored (T, C, H, W), as the caches are: planes in that order
+    y = x.transpose(0, 1) if frames_first else x
+    planes = y.reshape(n, h, w)  # a view of a crop, no copy, when the planes are in memory order
     if n % 4:
         planes = torch.cat([planes, planes.new_zeros(4 - n % 4, h, w)])
     planes = planes.reshape(-1, 4, h, w).contiguous(memory_format=torch.channels_last)
     out = F.interpolate(planes, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return out.contiguous().reshape(-1, size, size)[:n].reshape(c, t, size, size)
+    out = out.contiguous().reshape(-1, size, size)[:n]
+    return out.reshape(t, c, size, size).transpose(0, 1) if frames_first else out.reshape(c, t, size, size)
 
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:

@@ -297,9 +297,9 @@ def test_shared_crop_false_gives_each_view_its_own_crop_and_one_flip(synthetic_r
     assert flips == ({False, True} if flip else {False})
 
 
-@pytest.mark.parametrize("channels_innermost", [False, True])
+@pytest.mark.parametrize("layout", ["CTHW", "TCHW", "THWC"])  # THWC: decord's frames; TCHW: the caches'
 @pytest.mark.parametrize("channels, frames", [(1, 16), (2, 16), (3, 8), (2, 7), (3, 1), (4, 3)])
-def test_uint8_crop_resize_equals_a_per_plane_resize(channels, frames, channels_innermost):
+def test_uint8_crop_resize_equals_a_per_plane_resize(channels, frames, layout):
     """crop_resize resizes uint8 clips as groups of 4 planes (any channel count, padded): each plane must
     come out as a plain per-plane resize of the cropped bytes would, within one grey level (the
     reference resizes float32 and rounds; torch's uint8 kernel rounds its fixed-point sums)."""
@@ -309,8 +309,10 @@ def test_uint8_crop_resize_equals_a_per_plane_resize(channels, frames, channels_
 
     g = torch.Generator().manual_seed(channels * 100 + frames)
     x = torch.randint(0, 256, (channels, frames, 40, 54), dtype=torch.uint8, generator=g)
-    if channels_innermost:  # decord's frames: (T, H, W, C) memory seen as (C, T, H, W)
+    if layout == "THWC":  # decord's frames: (T, H, W, C) memory seen as (C, T, H, W)
         x = x.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
+    elif layout == "TCHW":  # the raw rgb, JPEG, flow and depth caches' entries
+        x = x.transpose(0, 1).contiguous().transpose(0, 1)
     crop = (0.1, 0.2, 0.7, 0.6)  # rows 4:32, columns 11:43 of a 40 x 54 frame
     out = crop_resize(x, crop, 24)
     assert out.shape == (channels, frames, 24, 24) and out.dtype == torch.uint8

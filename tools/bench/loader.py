@@ -226,20 +226,23 @@ def breakdown(data: MultiViewClips, items: list[int], batch: int) -> list[tuple[
     return [(name, 1e3 * s / len(items)) for name, s in total.items()]
 
 
-def rgb_only(root: Path, cfg, args, tv_ucf101) -> None:
+def rgb_only(root: Path, cfg, args, tv_ucf101, formats: list[str]) -> None:
     """RGB alone (fold 1's train videos, 16 x 112 x 112 train clips): mvcoding decoding the videos, mvcoding
-    from the JPEG cache, and torchvision.datasets.UCF101 (tools/bench/tv_ucf101.py), interleaved, medians;
-    with the CPU milliseconds each spends per clip (all processes and threads), which load does not skew."""
+    from the rgb cache in `formats` (decoded in the workers), and torchvision.datasets.UCF101
+    (tools/bench/tv_ucf101.py), interleaved, medians; with the CPU milliseconds each spends per clip (all
+    processes and threads), which load does not skew."""
     import copy
 
     video = tv_ucf101.mvcoding_data(root, frames=cfg.data.frames, stride=cfg.data.stride, size=cfg.data.size)
-    over = [f"dataset.root={root}", "views.rgb.cache=true", f"views.rgb.resolution=[{args.resolution[0]},"
-            f"{args.resolution[1]}]"]  # fmt: skip
-    cached_rgb = build_views(load_config(CONFIG, over), ["rgb"])["rgb"]
-    cached = copy.copy(video)
-    cached.views = {"rgb": cached_rgb}
+    datasets = {"video": video}
+    for fmt in formats:  # the formats the main table filled
+        over = [f"dataset.root={root}", "views.rgb.cache=true", f"views.rgb.cache_format={fmt}",
+                "views.rgb.jpeg_decode=workers" if fmt == "jpeg" else "views.rgb.jpeg_decode=auto",
+                f"views.rgb.resolution=[{args.resolution[0]},{args.resolution[1]}]"]  # fmt: skip
+        datasets[f"cached {fmt}"] = copy.copy(video)
+        datasets[f"cached {fmt}"].views = {"rgb": build_views(load_config(CONFIG, over), ["rgb"])["rgb"]}
     why_not = tv_ucf101.torchvision_available()
-    kinds = ["video", "cached jpeg"] + (["torchvision"] if why_not is None else [])
+    kinds = [*datasets] + (["torchvision"] if why_not is None else [])
     for wk in args.workers:
         rates = {k: [] for k in kinds}
         cpu = {k: [] for k in kinds}
@@ -257,16 +260,16 @@ def rgb_only(root: Path, cfg, args, tv_ucf101) -> None:
                         stats=st,
                     )
                 else:
-                    rate = tv_ucf101.mvcoding_rate(video if kind == "video" else cached, workers=wk,
-                                                   batch=args.batch, stats=st)  # fmt: skip
+                    rate = tv_ucf101.mvcoding_rate(datasets[kind], workers=wk, batch=args.batch, stats=st)
                 rates[kind].append(rate)
                 cpu[kind].append(st.get("cpu_ms", float("nan")))
         med = {k: statistics.median(v) for k, v in rates.items()}
         cells = "  ".join(f"{k} {med[k]:.1f} clips/s ({statistics.median(cpu[k]):.1f} CPU ms/clip)" for k in kinds)
-        ratios = f"cached/video {med['cached jpeg'] / med['video']:.2f}"
+        cached = [k for k in kinds if k.startswith("cached")]
+        ratios = ", ".join(f"{k[7:]}/video {med[k] / med['video']:.2f}" for k in cached)
         if "torchvision" in med:
-            ratios += (f", video/torchvision {med['video'] / med['torchvision']:.2f}, "
-                       f"cached/torchvision {med['cached jpeg'] / med['torchvision']:.2f}")  # fmt: skip
+            ratios += f", video/torchvision {med['video'] / med['torchvision']:.2f}, " + ", ".join(
+                f"{k[7:]}/torchvision {med[k] / med['torchvision']:.2f}" for k in cached)  # fmt: skip
         print(f"rgb only, {wk} workers: {cells}; {ratios}")
     if why_not is not None:
         print(f"rgb only: torchvision.datasets.UCF101 skipped ({why_not})")
@@ -412,7 +415,7 @@ def main() -> None:
                 cells = [(statistics.median(rates[f"cached {f}", wk])) for f in cached]
                 print(f"{wk:>7}  " + "  ".join(f"{c:>18.1f} {c / ml:>8.2f}" for c in cells))
             if args.encoded:
-                rgb_only(root, cfg, args, tv_ucf101)
+                rgb_only(root, cfg, args, tv_ucf101, [f for f in cached if f != "jpeg-device"])
             for fmt, ds in ((f, ds) for f, ds in cached.items() if f != "jpeg-device"):
                 print(f"rgb cache {fmt}: {ds.bytes_per_frame / 1024:.1f} KiB per frame on disk "
                       f"({ds.bytes_per_frame * 25 * 3600 / 2**30:.2f} GiB per hour of 25 fps video)")  # fmt: skip
