@@ -239,6 +239,23 @@ def test_reader_sees_parts_written_after_it_was_built(tmp_path):
     np.testing.assert_array_equal(r.read("b/y", 0, 7), entry("b/y"))
 
 
+def test_reader_keeps_at_most_max_open_parts_with_their_entry_handles(tmp_path):
+    path = tmp_path / "c"
+    write_cache(path, {0: ["a/x", "a/y"], 1: ["b/x"], 2: ["c/x"]})
+    r = CacheReader(path, expect=PROV, max_open=2)
+    for _ in range(2):  # the second round reads through the kept handles, and reopens the evicted part
+        for vid in ("a/x", "a/y", "b/x", "c/x", "a/y"):
+            np.testing.assert_array_equal(r.read(vid, 2, 6), entry(vid)[2:6])
+    assert len(r._files) == 2  # parts 2 and 0, in that order of use
+    lru = next(iter(r._files.values()))[0]
+    r.read("a/x", 0, 1)  # part 0 is open: nothing closes
+    assert lru.id.valid
+    r.read("b/x", 0, 1)  # opens part 1 and closes the least recently used, part 2, with its handles
+    assert not lru.id.valid and len(r._files) == 2
+    np.testing.assert_array_equal(r.read("c/x", 0, 7), entry("c/x"))
+    r.close()
+
+
 def _read_in_child(reader, vid, queue):
     queue.put(reader.read(vid, 1, 5).tobytes())
 

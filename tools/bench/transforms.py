@@ -16,6 +16,13 @@ Every pair gives the same bytes (checked) and is timed interleaved: median ms pe
   raw rgb read     a 16-frame clip of the raw rgb cache (T, 3, 128, 171) from parts written by the cache's
                    PartWriter, uncompressed (the raw format's filter) against lzf; each call reads another
                    of 32 videos, so HDF5's chunk cache does not hold the clip; both fletcher32-checked
+  raw rgb reader   the raw rgb read (uncompressed) through mvcoding.cache.CacheReader.read (the file opened
+                   without HDF5's chunk cache, entry handles kept) against h5py's defaults with the file kept
+                   open, f[video][a:b]
+  flow clip read   a 16-frame clip of an lzf flow cache (DIS on the textures, quantised to uint8 at +-20 px):
+                   mvcoding.cache.CacheReader.read
+                   (the file opened without HDF5's chunk cache, entry handles kept) against h5py's defaults
+                   with the file kept open, f[video][a:b]
 
     python tools/bench/transforms.py [--rounds 9]
 """
@@ -79,27 +86,49 @@ def imdecode(rows: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.stack(out)))
 
 
-class ClipReads:
-    """Reads 16-frame clips from a part of 32 textured videos written by PartWriter with `compression`: each
-    call the next video (and another start), from the first video again after reset()."""
+def dis_codes(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) frames -> (T, 2, H, W) uint8: DIS (medium) flow from t to t+1 (the last frame repeats
+    the previous flow), quantised at a bound of 20 px as the flow cache stores it."""
+    import cv2
 
-    def __init__(self, folder: Path, compression: str | None):
+    from mvcoding.cache import quantize
+
+    grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    flows = [dis.calc(a, b, None) for a, b in zip(grey[:-1], grey[1:], strict=True)]
+    return quantize(np.stack([*flows, flows[-1]]).transpose(0, 3, 1, 2), 20.0)
+
+
+class ClipReads:
+    """Reads 16-frame clips from a part of 32 textured videos ((T, 3, 128, 171) uint8 frames, or with flow
+    their DIS flow quantised as the flow cache stores it, (T, 2, 128, 171)) written by PartWriter with
+    `compression`: each call the next video (and another start), from the first video again after reset().
+    reader "h5py": h5py's defaults, the part file kept open, `f[video][a:b]` (mvcoding's reads before the
+    entry handles); "mvcoding": mvcoding.cache.CacheReader.read, as training reads."""
+
+    def __init__(self, folder: Path, compression: str | None, flow: bool = False, reader: str = "h5py"):
         import h5py
 
-        from mvcoding.cache import PartWriter, part_file
+        from mvcoding.cache import CacheReader, PartWriter, part_file
 
         folder.mkdir()
         with PartWriter(folder, 0, {}, compression=compression) as w:
             for v in range(32):
-                w.add(f"v{v}", np.ascontiguousarray(texture_video(v, 48, 128, 171).transpose(0, 3, 1, 2)), {})
+                frames = texture_video(v, 48, 128, 171)
+                w.add(f"v{v}", dis_codes(frames) if flow else np.ascontiguousarray(frames.transpose(0, 3, 1, 2)), {})
             w.commit({})
         self.bytes = part_file(folder, 0).stat().st_size
-        self.f, self.k = h5py.File(part_file(folder, 0), "r", locking=False), 0
+        if reader == "h5py":
+            f = h5py.File(part_file(folder, 0), "r", locking=False)
+            self.read = lambda vid, a, b: f[vid][a:b]
+        else:
+            self.read = CacheReader(folder).read
+        self.k = 0
 
     def __call__(self) -> np.ndarray:
         v, self.k = self.k % 32, self.k + 1
         start = 7 * self.k % 32
-        return self.f[f"v{v}"][start : start + 16]
+        return self.read(f"v{v}", start, start + 16)
 
     def reset(self) -> None:
         self.k = 0
@@ -140,6 +169,10 @@ def pairs(tmp: Path) -> list[tuple[str, str, object, str, object]]:
          "before", lambda: flow_before(flow, aug, size=SIZE, bound=BOUND)),
         ("jpeg decode", "torchvision", lambda: decode_frames(rows), "opencv", lambda: imdecode(rows)),
         ("raw rgb read", "none", ClipReads(tmp / "none", None), "lzf", ClipReads(tmp / "lzf", "lzf")),
+        ("raw rgb reader", "mvcoding", ClipReads(tmp / "raw", None, False, "mvcoding"),
+         "h5py", ClipReads(tmp / "raw-again", None, False, "h5py")),
+        ("flow clip read", "mvcoding", ClipReads(tmp / "flow", "lzf", True, "mvcoding"),
+         "h5py", ClipReads(tmp / "flow-again", "lzf", True, "h5py")),  # one file each: HDF5 shares an open file
     ]  # fmt: skip
 
 
@@ -157,7 +190,7 @@ def main() -> None:
         rows = pairs(Path(tmp))
         for row in rows:
             time_pair(*row, args)
-        reads = rows[-1]
+        reads = rows[-3]
         print(f"raw rgb cache on disk: lzf {reads[4].bytes / 2**20:.1f} MiB, none {reads[2].bytes / 2**20:.1f} MiB "
               f"(lzf saves {100 * (1 - reads[4].bytes / reads[2].bytes):.0f}%)")  # fmt: skip
 
