@@ -119,7 +119,7 @@ def test_shared_crop_keeps_views_aligned_across_resolutions():
     for aug in (Aug(train=True, crop=crop, flip=False), Aug(train=True, crop=crop, flip=True), EVAL_AUG):
         masks = {}
         for name, x in (("rgb", rgb), ("flow", flow), ("depth", depth)):
-            y = views[name].transform(x, aug)[0, 0]  # first channel, first frame: (16, 16)
+            y = model_input(views[name], views[name].transform(x, aug))[0, 0]  # first channel and frame: (16, 16)
             y = (y - y[0, 0]).abs()  # off the background (a flip negates flow x)
             masks[name] = y > y.max() / 2
         assert masks["rgb"].sum() > 4
@@ -258,9 +258,19 @@ def test_flow_displacements_scale_with_the_crop(crop, size, flip, expected):
     cached[0], cached[1] = 140, 115
     y = model_input(view, view.transform(cached, Aug(train=True, crop=crop, flip=flip)))
     assert y.shape == (2, 2, size, size)
-    # the stretched flow is quantised again in the workers: within half a code (1/255 of the bound)
-    torch.testing.assert_close(y[0], torch.full((2, size, size), expected[0] / 255), rtol=0, atol=1 / 255 + 1e-6)
-    torch.testing.assert_close(y[1], torch.full((2, size, size), expected[1] / 255), rtol=0, atol=1 / 255 + 1e-6)
+    # stretched on the device, after dequantising: exact (the workers' codes are not quantised twice)
+    torch.testing.assert_close(y[0], torch.full((2, size, size), expected[0] / 255), rtol=0, atol=1e-6)
+    torch.testing.assert_close(y[1], torch.full((2, size, size), expected[1] / 255), rtol=0, atol=1e-6)
+
+
+def test_stretched_flow_clips_to_the_bound():
+    """A displacement the crop's stretch takes past the bound clips to it (+-1), as the cache clips flow."""
+    ctx = ViewContext(dataset="synthetic", root="/none", cache_dir="/none", frames=2, stride=1, size=32)
+    view = build_view("flow", ctx)
+    cached = torch.empty(2, 2, 32, 32, dtype=torch.uint8)
+    cached[0], cached[1] = 250, 5  # +-(245/255) of the bound, doubled by a half-size crop
+    y = model_input(view, view.transform(cached, Aug(train=True, crop=(0.25, 0.25, 0.5, 0.5), flip=True)))
+    assert torch.equal(y[0], torch.full_like(y[0], -1.0)) and torch.equal(y[1], torch.full_like(y[1], -1.0))
 
 
 def recording_view(name: str):

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mvcoding.cache import dequantize, quantize
+from mvcoding.cache import quantize
 from mvcoding.encoders import build_encoder
 from mvcoding.errors import UserError
 from mvcoding.registry import Aug, Precompute, Source, View, ViewContext, register_view
@@ -227,41 +227,33 @@ def flow(
         name="flow",
         channels=2,
         decode=None,  # the framework reads the cache
-        transform=partial(transform_flow, size=size, bound=bound),
+        transform=partial(transform_flow, size=size),
         device_transform=flow_input,
         build_encoder=partial(build_encoder, encoder, in_channels=2, width=width),
         precompute=stage,
     )
 
 
-def stretch_table(factor: float, flip: bool, bound: float) -> np.ndarray:
-    """(256,) uint8: the quantised flow code of a displacement multiplied by `factor` (and negated with
-    flip), i.e. quantize(+-factor * dequantize(u)); displacements beyond the bound clip to it."""
-    u = np.arange(256, dtype=np.uint8)
-    return quantize(dequantize(u, bound) * (-factor if flip else factor), bound)
-
-
-def transform_flow(x: torch.Tensor, aug: Aug, *, size: int, bound: float) -> torch.Tensor:
-    """In the workers: cached flow (2, T, H, W) uint8 -> (2, T, size, size) uint8, cropped, resized and
-    flipped with aug, still quantised. Resizing a crop stretches displacements (x by size / crop width, y
-    by size / crop height) and a flip negates x: both are a per-channel lookup on the codes, exact up to
-    half a code (bound / 255 px)."""
-    import cv2
-
+def transform_flow(x: torch.Tensor, aug: Aug, *, size: int) -> dict[str, torch.Tensor]:
+    """In the workers: cached flow (2, T, H, W) uint8 -> {"codes": (2, T, size, size) uint8, cropped, resized and
+    flipped with aug, still quantised; "scale": (2,) float32, what the displacements (x, y) are multiplied by
+    on the device}. Resizing a crop stretches displacements (x by size / crop width, y by size / crop height)
+    and a flip negates x; flow_input applies both, batched, when it dequantises."""
     h, w = x.shape[-2:]
     _, _, bh, bw = crop_box(h, w, aug.crop)
-    x = crop_resize(x, aug.crop, size)  # on the quantised bytes: dequantising is linear
+    codes = crop_resize(x, aug.crop, size)  # on the quantised bytes: dequantising is linear
     if aug.flip:
-        x = x.flip(-1)
-    out = np.array(x.numpy())  # a copy: x may share the decoded clip's memory
-    for c, (factor, negate) in enumerate(((size / bw, aug.flip), (size / bh, False))):
-        if factor != 1.0 or negate:  # OpenCV's table lookup: 3.6x numpy's take (tools/bench/transforms.py)
-            plane = out[c].reshape(-1, out.shape[-1])
-            out[c] = cv2.LUT(plane, stretch_table(factor, negate, bound)).reshape(out[c].shape)
-    return torch.from_numpy(out)
+        codes = codes.flip(-1)
+    scale = torch.tensor([-size / bw if aug.flip else size / bw, size / bh], dtype=torch.float32)
+    return {"codes": codes, "scale": scale}
 
 
-def flow_input(x: torch.Tensor) -> torch.Tensor:
-    """On the device, batched: quantised flow codes (..., 2, T, H, W) uint8 -> flow / bound in [-1, 1]
-    (code u is u * 2 bound / 255 - bound pixels: mvcoding.cache.dequantize)."""
-    return x.float() * (2.0 / 255.0) - 1.0
+def flow_input(x) -> torch.Tensor:
+    """On the device, batched: {"codes": (..., 2, T, H, W) uint8, "scale": (..., 2)} (transform_flow's items)
+    -> flow / bound in [-1, 1]: code u is u * 2 bound / 255 - bound pixels (mvcoding.cache.dequantize), times
+    its item's scale for x and y (the crop's stretch, the flip's sign), clipped to the bound. Plain codes
+    (a tensor) are dequantised as they are."""
+    if not isinstance(x, dict):
+        return x.float() * (2.0 / 255.0) - 1.0
+    flow = x["codes"].float() * (2.0 / 255.0) - 1.0
+    return (flow * x["scale"].float()[..., None, None, None]).clamp_(-1.0, 1.0)

@@ -375,12 +375,12 @@ def main() -> None:
         )  # fmt: skip
 
         item = data[0]
-        crossing = sum(item[n].nbytes for n in views)
-        as_float = sum(item[n].numel() * 4 for n in views)
-        print(
-            f"bytes per clip from the workers to the main process: {crossing / 2**20:.2f} MiB "
-            f"({', '.join(f'{n} {item[n].dtype}' for n in views)}); as float32: {as_float / 2**20:.2f} MiB"
-        )
+        parts = {n: list(item[n].values()) if isinstance(item[n], dict) else [item[n]] for n in views}
+        crossing = sum(v.nbytes for n in views for v in parts[n])
+        as_float = sum(v.numel() * 4 for n in views for v in parts[n])
+        kinds = ", ".join(f"{n} {' + '.join(str(v.dtype) for v in parts[n])}" for n in views)
+        print(f"bytes per clip from the workers to the main process: {crossing / 2**20:.2f} MiB ({kinds}); as "
+              f"float32: {as_float / 2**20:.2f} MiB")  # fmt: skip
         if "jpeg-device" in cached:
             rgb = cached["jpeg-device"][0]["rgb"]  # {"host_jpeg": (T, L) rows, "host_aug": (5,)}
             print(f"rgb bytes per clip with jpeg-device: {sum(v.nbytes for v in rgb.values()) / 2**10:.0f} KiB of JPEG "

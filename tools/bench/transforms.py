@@ -1,28 +1,26 @@
-"""The worker-side transforms against the ways they replaced, side by side in one process (one thread).
+"""The worker-side transforms and cache reads against the ways they replaced, side by side in one process
+(one thread). Every pair gives the same bytes (checked; the flow transform: the same model input within one
+code) and is timed interleaved: median ms per clip of --rounds rounds.
 
-Every pair gives the same bytes (checked) and is timed interleaved: median ms per clip of --rounds rounds.
-
-  resize flow      crop+resize of a (2, 16, 128, 171) uint8 flow clip stored (T, C, H, W): the C x T planes
-                   grouped 4 to an image (mvcoding.transforms.crop_resize) against (T, C, h, w) frames
-  resize depth     the same for one-channel depth
-  resize rgb       a decord (T, H, W, 3) clip: crop_resize's channels-last frames against the plane grouping
-                   (which crop_resize does not use when channels are innermost: this row says why)
+  resize flow        crop+resize of a (2, 16, 128, 171) uint8 flow clip stored (T, C, H, W): the C x T planes
+                     grouped 4 to an image (mvcoding.transforms.crop_resize) against (T, C, h, w) frames
+  resize depth       the same for one-channel depth
+  resize rgb         a decord (T, H, W, 3) clip: crop_resize's channels-last frames against the plane grouping
+                     (which crop_resize does not use when channels are innermost: this row says why)
   resize rgb planar  an RGB clip stored (T, 3, H, W), as the raw and JPEG caches give it: the plane grouping
-                   (crop_resize's choice for it) against channels-last frames
-  flow lookup      the stretch/flip table on one (16, 112, 112) code plane: cv2.LUT against np.take
-  flow transform   mvcoding.views.flow.transform_flow against the same steps with the frame resize and np.take
-  jpeg decode      16 JPEG frames at 128x171 (quality 90, the rgb cache's rows): torchvision's decode_jpeg
-                   (mvcoding.views.rgb.decode_frames) against OpenCV's imdecode
-  raw rgb read     a 16-frame clip of the raw rgb cache (T, 3, 128, 171) from parts written by the cache's
-                   PartWriter, uncompressed (the raw format's filter) against lzf; each call reads another
-                   of 32 videos, so HDF5's chunk cache does not hold the clip; both fletcher32-checked
-  raw rgb reader   the raw rgb read (uncompressed) through mvcoding.cache.CacheReader.read (the file opened
-                   without HDF5's chunk cache, entry handles kept) against h5py's defaults with the file kept
-                   open, f[video][a:b]
-  flow clip read   a 16-frame clip of an lzf flow cache (DIS on the textures, quantised to uint8 at +-20 px):
-                   mvcoding.cache.CacheReader.read
-                   (the file opened without HDF5's chunk cache, entry handles kept) against h5py's defaults
-                   with the file kept open, f[video][a:b]
+                     (crop_resize's choice for it) against channels-last frames
+  flow transform     mvcoding.views.flow.transform_flow (crop, resize, flip; the stretch and the flip's sign are
+                     applied on the device, by flow_input) against the workers' stretch/flip table (cv2.LUT)
+  jpeg decode        16 JPEG frames at 128x171 (quality 90, the rgb cache's rows): torchvision's decode_jpeg
+                     (mvcoding.views.rgb.decode_frames) against OpenCV's imdecode
+  raw rgb read       a 16-frame clip of the raw rgb cache (T, 3, 128, 171) from parts written by the cache's
+                     PartWriter, uncompressed (the raw format's filter) against lzf; each call reads another
+                     of 32 videos, so HDF5's chunk cache does not hold the clip; both fletcher32-checked
+  raw rgb reader     the raw rgb read (uncompressed) through mvcoding.cache.CacheReader.read (the file opened
+                     without HDF5's chunk cache, entry handles kept) against h5py's defaults with the file
+                     kept open, f[video][a:b]
+  flow clip read     the same for a 16-frame clip of an lzf flow cache (DIS on the textures, quantised to
+                     uint8 at +-20 px)
 
     python tools/bench/transforms.py [--rounds 9]
 """
@@ -44,9 +42,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loader import texture_video  # noqa: E402
 
+from mvcoding.cache import dequantize, quantize  # noqa: E402
 from mvcoding.registry import Aug  # noqa: E402
 from mvcoding.transforms import crop_box, crop_resize, resize_planes_uint8  # noqa: E402
-from mvcoding.views.flow import stretch_table, transform_flow  # noqa: E402
+from mvcoding.views.flow import flow_input, transform_flow  # noqa: E402
 from mvcoding.views.rgb import decode_frames, pack_jpeg  # noqa: E402
 
 CROP, SIZE, BOUND = (0.1, 0.15, 0.7, 0.65), 112, 20.0
@@ -65,14 +64,29 @@ def planes_resize(x: torch.Tensor, crop, size: int) -> torch.Tensor:
     return resize_planes_uint8(x[:, :, y0 : y0 + h, x0 : x0 + w], size)
 
 
-def flow_before(x: torch.Tensor, aug: Aug, *, size: int, bound: float) -> torch.Tensor:
-    """transform_flow with the frame resize and np.take (its steps before this change)."""
+def stretch_table(factor: float, flip: bool, bound: float) -> np.ndarray:
+    """(256,) uint8: the code of quantize(+-factor * dequantize(u)) (the workers' stretch before it moved to
+    the device)."""
+    u = np.arange(256, dtype=np.uint8)
+    return quantize(dequantize(u, bound) * (-factor if flip else factor), bound)
+
+
+def flow_lut(x: torch.Tensor, aug: Aug, *, size: int, bound: float) -> torch.Tensor:
+    """transform_flow before the stretch moved to the device: the stretch and flip as a cv2.LUT on the codes."""
+    import cv2
+
     _, _, bh, bw = crop_box(x.shape[-2], x.shape[-1], aug.crop)
-    x = frames_resize(x, aug.crop, size)
+    x = crop_resize(x, aug.crop, size)
     out = np.array((x.flip(-1) if aug.flip else x).numpy())
     for c, (factor, negate) in enumerate(((size / bw, aug.flip), (size / bh, False))):
-        out[c] = np.take(stretch_table(factor, negate, bound), out[c])
+        plane = out[c].reshape(-1, out.shape[-1])
+        out[c] = cv2.LUT(plane, stretch_table(factor, negate, bound)).reshape(out[c].shape)
     return torch.from_numpy(out)
+
+
+def flow_model_inputs_agree(new: dict, old: torch.Tensor) -> bool:
+    """The device's stretch against the workers' requantised codes: within one code (1/255 of the bound)."""
+    return bool((flow_input(new) - flow_input(old)).abs().max() <= 1 / 255 + 1e-6)
 
 
 def imdecode(rows: torch.Tensor) -> torch.Tensor:
@@ -134,9 +148,8 @@ class ClipReads:
         self.k = 0
 
 
-def pairs(tmp: Path) -> list[tuple[str, str, object, str, object]]:
-    """(row, new name, new call, old name, old call)."""
-    import cv2
+def pairs(tmp: Path) -> list[tuple]:
+    """(row, new name, new call, old name, old call[, agree(new output, old output)]: default, the same bytes)."""
 
     rng = np.random.default_rng(0)
     flow = torch.from_numpy(rng.integers(0, 256, (16, 2, 128, 171), dtype=np.uint8)).permute(1, 0, 2, 3)
@@ -144,8 +157,6 @@ def pairs(tmp: Path) -> list[tuple[str, str, object, str, object]]:
     frames = texture_video(0, 16, 128, 171)  # (T, H, W, 3)
     rgb = torch.from_numpy(frames).permute(3, 0, 1, 2)
     planar = torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))).permute(1, 0, 2, 3)
-    plane = np.ascontiguousarray(flow[0, :, :112, :112].numpy())
-    table = stretch_table(1.3, True, BOUND)
     rows = torch.from_numpy(pack_jpeg(frames, 90)[:, 0, 0])
     aug = Aug(train=True, crop=CROP, flip=True)
     resize = [
@@ -163,10 +174,8 @@ def pairs(tmp: Path) -> list[tuple[str, str, object, str, object]]:
          "planes", partial(planes_resize, rgb, CROP, SIZE)),
         ("resize rgb planar", "planes", partial(crop_resize, planar, CROP, SIZE),
          "frames", partial(frames_resize, planar, CROP, SIZE)),
-        ("flow lookup", "cv2.LUT", lambda: cv2.LUT(plane.reshape(-1, 112), table).reshape(plane.shape),
-         "np.take", lambda: np.take(table, plane)),
-        ("flow transform", "now", lambda: transform_flow(flow, aug, size=SIZE, bound=BOUND),
-         "before", lambda: flow_before(flow, aug, size=SIZE, bound=BOUND)),
+        ("flow transform", "now", lambda: transform_flow(flow, aug, size=SIZE),
+         "lut", lambda: flow_lut(flow, aug, size=SIZE, bound=BOUND), flow_model_inputs_agree),
         ("jpeg decode", "torchvision", lambda: decode_frames(rows), "opencv", lambda: imdecode(rows)),
         ("raw rgb read", "none", ClipReads(tmp / "none", None), "lzf", ClipReads(tmp / "lzf", "lzf")),
         ("raw rgb reader", "mvcoding", ClipReads(tmp / "raw", None, False, "mvcoding"),
@@ -189,18 +198,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = pairs(Path(tmp))
         for row in rows:
-            time_pair(*row, args)
+            time_pair(*row, args=args)
         reads = rows[-3]
         print(f"raw rgb cache on disk: lzf {reads[4].bytes / 2**20:.1f} MiB, none {reads[2].bytes / 2**20:.1f} MiB "
               f"(lzf saves {100 * (1 - reads[4].bytes / reads[2].bytes):.0f}%)")  # fmt: skip
 
 
-def time_pair(row: str, new_name: str, new, old_name: str, old, args) -> None:
+def time_pair(row: str, new_name: str, new, old_name: str, old, agree=None, *, args) -> None:
     """Check that both give the same output, then time them interleaved and print the row."""
     for fn in (new, old):
         getattr(fn, "reset", lambda: None)()
     a, b = new(), old()
-    same = np.array_equal(np.asarray(a), np.asarray(b))
+    same = agree(a, b) if agree else np.array_equal(np.asarray(a), np.asarray(b))
     times = {"new": [], "old": []}
     for r in range(args.rounds):
         for key, fn in (("new", new), ("old", old)) if r % 2 else (("old", old), ("new", new)):
