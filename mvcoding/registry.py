@@ -100,7 +100,7 @@ class Precompute:
         applied by the view's decode after each read; None: the view reads what is stored.
     compression: the HDF5 filter of the stored frames: "lzf" (default: fast, and small for quantised flow
         or depth), "gzip" (smaller, slower to read) or None, for data that does not compress: raw video
-        frames, where lzf saves 9-16% of the disk and makes every read 5.7x slower (BENCHMARKS.md). Not part
+        frames, where lzf saves 9-16% of the disk and makes every read 5-6x slower (BENCHMARKS.md). Not part
         of the provenance: a cache reads the same whichever filter wrote it.
 
     The framework does the rest: folder and provenance, parts, resume, sharding, workers, progress,

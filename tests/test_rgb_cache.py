@@ -50,7 +50,7 @@ def test_cached_frames_match_decord(root, fmt, tolerance):
     if fmt == "jpeg":
         stored = view.cache.read(r.video_id, 0, 12)
         assert stored.shape[1:3] == (1, 1) and stored.nbytes < 0.5 * ref.numel() / 4 * 12  # smaller than raw
-    # the stage's filter: raw frames uncompressed (lzf reads them 5.7x slower for 9-16% of the disk), JPEG
+    # the stage's filter: raw frames uncompressed (lzf reads them 5-6x slower for 9-16% of the disk), JPEG
     # rows under lzf (their zero padding); both checksummed
     for part in view.cache.path.glob("part-*.h5"):
         with h5py.File(part, "r", locking=False) as f:  # the view's reader holds it open

@@ -3,11 +3,11 @@
 With `cache: true` the frames are decoded once at `resolution` by the view's precompute stage
 (`mvcoding precompute rgb CONFIG`) and training never opens a video file. cache_format:
   jpeg  each frame JPEG-encoded (quality `jpeg_quality`), stored as one padded byte row per frame
-        (a uint32 length, then the bytes): about 8x smaller than raw on UCF101-like frames
-  raw   the decoded uint8 frames, uncompressed (lzf saves 9-16% of raw frames, reads 5.7x slower):
-        the fastest to read, about 10x larger on disk
-BENCHMARKS.md ("RGB cache") has the measurements behind the choice. lab_l and lab_ab with the same
-cache settings read the same cache (Precompute.name = "rgb").
+        (a uint32 length, then the bytes): about 11x smaller than raw on UCF101-like frames
+  raw   the decoded uint8 frames, uncompressed (lzf saves 9-16% of raw frames, reads 5-6x slower):
+        the fastest to read, about 11x larger on disk
+BENCHMARKS.md (the loader sections of issue 11) has the measurements behind the choice. lab_l and
+lab_ab with the same cache settings read the same cache (Precompute.name = "rgb").
 
 jpeg_decode: where a JPEG cache is decoded.
   workers  in the DataLoader workers on the CPU (torchvision's decode_jpeg, libjpeg-turbo)
@@ -111,7 +111,7 @@ def rgb_stage(*, cache_format: str, jpeg_quality: int, resolution, offset: int, 
         name="rgb",
         offset=offset,
         unpack=unpack_jpeg if jpeg and unpack else None,
-        compression="lzf" if jpeg else None,  # raw frames: lzf saves 9-16%, reads 5.7x slower (BENCHMARKS.md)
+        compression="lzf" if jpeg else None,  # raw frames: lzf saves 9-16%, reads 5-6x slower (BENCHMARKS.md)
     )
 
 
