@@ -206,6 +206,14 @@ def collate(values: list):
 START_METHODS = ("fork", "spawn", "forkserver")
 
 
+def loader_options(d, device: torch.device) -> dict:
+    """make_loader's settings from a config's data section for a run on `device`: workers, prefetch, the
+    start method, and pinned memory (data.pin_memory=auto: on a GPU, where pinned pages let the copy to
+    the device overlap the step)."""
+    pin = device.type == "cuda" if d.pin_memory == "auto" else bool(d.pin_memory)
+    return {"workers": d.workers, "prefetch": d.prefetch, "pin_memory": pin, "start_method": d.start_method}
+
+
 def make_loader(dataset: Dataset, sampler: Sampler, *, batch_size: int, workers: int, prefetch: int,
                 pin_memory: bool, drop_last: bool, start_method: str | None = None) -> DataLoader:  # fmt: skip
     """A DataLoader over `sampler`; each worker opens its own video/HDF5 handles lazily.

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from mvcoding import distributed as dist
 from mvcoding.config import run_dir
-from mvcoding.data import EpochSampler, MultiViewClips, make_loader, video_lengths
+from mvcoding.data import EpochSampler, MultiViewClips, loader_options, make_loader, video_lengths
 from mvcoding.datasets import DatasetIndex, load_dataset
 from mvcoding.errors import Stopped, UserError
 from mvcoding.files import load_safe, save_atomic, write_atomic, write_text_atomic
@@ -215,17 +215,7 @@ def build_data(
     if len(data) < b * world:
         raise UserError(f"train.batch_size={b} x {world} processes exceeds the {len(data)} training videos")
     sampler = EpochSampler(len(data), seed=cfg.seed, shuffle=True, rank=dist.rank(), world=world, batch_size=b)
-    pin = device.type == "cuda" if cfg.data.pin_memory == "auto" else bool(cfg.data.pin_memory)
-    loader = make_loader(
-        data,
-        sampler,
-        batch_size=b,
-        workers=cfg.data.workers,
-        prefetch=cfg.data.prefetch,
-        pin_memory=pin,
-        start_method=cfg.data.start_method,
-        drop_last=True,
-    )
+    loader = make_loader(data, sampler, batch_size=b, drop_last=True, **loader_options(cfg.data, device))
     return index, data, sampler, loader
 
 

@@ -234,6 +234,19 @@ def test_every_built_in_view_trains_and_evaluates_with_spawned_workers(four_root
     assert np.isfinite(results["metrics"]["video_top1"]) and contexts[1:] == ["spawn"] * (len(contexts) - 1) != []
 
 
+@pytest.mark.parametrize(("pin", "device", "pinned"), [("auto", "cpu", False), ("auto", "cuda", True),
+                                                      (True, "cpu", True), (False, "cuda", False)])  # fmt: skip
+def test_loader_options_pin_memory_only_for_a_gpu_under_auto(pin, device, pinned):
+    """The loader settings of training, evaluation and fine-tuning (loader_options): data.pin_memory=auto
+    pins host memory only for a GPU (whose copies it lets overlap); true and false are kept."""
+    from mvcoding.data import loader_options
+
+    d = load_config(FOUR, ["data.workers=3", "data.prefetch=5", "data.start_method=spawn",
+                           f"data.pin_memory={str(pin).lower()}"]).data  # fmt: skip
+    options = loader_options(d, torch.device(device))
+    assert options == {"workers": 3, "prefetch": 5, "pin_memory": pinned, "start_method": "spawn"}
+
+
 # --- flow displacements under a crop; data.shared_crop ----------------------------------------------
 
 

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import Dataset, SequentialSampler
 
-from mvcoding.data import MultiViewClips, collate, decode_views, make_loader, video_lengths
+from mvcoding.data import MultiViewClips, collate, decode_views, loader_options, make_loader, video_lengths
 from mvcoding.datasets import DatasetIndex, load_dataset
 from mvcoding.errors import UserError
 from mvcoding.eval.metrics import sha256_file
@@ -169,10 +169,8 @@ def eval_loader(s: EvalSetup, records, views: dict[str, View], clips: int):
     cfg = s.cfg
     data = EvalClips(records, views, s.lengths, frames=cfg.data.frames, stride=cfg.data.stride, clips=clips,
                      crops=int(cfg.eval.crops))  # fmt: skip
-    pin = s.device.type == "cuda" if cfg.data.pin_memory == "auto" else bool(cfg.data.pin_memory)
-    return make_loader(data, SequentialSampler(data), batch_size=int(cfg.eval.batch_size), workers=cfg.data.workers,
-                       prefetch=cfg.data.prefetch, pin_memory=pin, drop_last=False,
-                       start_method=cfg.data.start_method)  # fmt: skip
+    return make_loader(data, SequentialSampler(data), batch_size=int(cfg.eval.batch_size), drop_last=False,
+                       **loader_options(cfg.data, s.device))  # fmt: skip
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from mvcoding.data import EpochSampler, MultiViewClips, make_loader
+from mvcoding.data import EpochSampler, MultiViewClips, loader_options, make_loader
 from mvcoding.eval.features import eval_loader, prepare, progress, run_clips
 from mvcoding.eval.report import log_metrics, protocol, report, start_run
 from mvcoding.files import save_atomic
@@ -39,9 +39,7 @@ def finetune(cfg: DictConfig, out: Path) -> dict:
                           seed=cfg.seed)  # fmt: skip
     b = min(int(ft.batch_size), len(data))
     sampler = EpochSampler(len(data), seed=cfg.seed, shuffle=True, batch_size=b)
-    pin = s.device.type == "cuda" if cfg.data.pin_memory == "auto" else bool(cfg.data.pin_memory)
-    loader = make_loader(data, sampler, batch_size=b, workers=cfg.data.workers, prefetch=cfg.data.prefetch,
-                         pin_memory=pin, drop_last=True, start_method=cfg.data.start_method)  # fmt: skip
+    loader = make_loader(data, sampler, batch_size=b, drop_last=True, **loader_options(cfg.data, s.device))
     groups = [{"params": encoder.parameters(), "lr": ft.lr * ft.backbone_lr_mult},
               {"params": head.parameters(), "lr": ft.lr}]  # fmt: skip
     opt = build_optimizer(groups, ft.optimizer, lr=ft.lr, weight_decay=ft.weight_decay, key="eval.finetune.optimizer")
