@@ -443,9 +443,9 @@ class CacheReader:
     Files open lazily on first read in each process (handles never cross fork: they are dropped when
     the process id changes or the reader is pickled). At most `max_open` part files stay open, each
     with the handles of the entries read from it, and without HDF5's chunk cache (1 MiB per open entry
-    otherwise; whole-chunk reads go straight into the clip's array): clip reads 1.04-1.62x as fast as
-    with h5py's defaults (runs of tools/bench/transforms.py), and memory bounded by max_open x
-    videos_per_part entry handles (about 50 KiB each).
+    otherwise; whole-chunk reads go straight into the clip's array): raw rgb clips read 1.5-1.7x and flow
+    clips 1.15-1.2x as fast as with h5py's defaults (tools/bench/transforms.py, idle machine), and memory
+    bounded by max_open x videos_per_part entry handles (about 50 KiB each).
 
     expect: the provenance the caller needs (from cache_location); a different cache raises UserError.
     name: what the errors call the cache (a view name); fill_command: the command that fills it.

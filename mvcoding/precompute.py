@@ -225,7 +225,7 @@ def run_precompute(
     for t in targets:
         if t.stage.compression not in COMPRESSIONS:
             raise UserError(f"the {t.view} view's precompute stage has compression={t.stage.compression!r}; use one "
-                            f"of: lzf, gzip, None")  # fmt: skip
+                            f"of: {', '.join(map(str, COMPRESSIONS))}")  # fmt: skip
         if t.stage.setup is not None:
             t.stage.setup()  # fail before any work: missing weights and the like
         ensure_provenance(t.path, t.provenance)

@@ -162,7 +162,7 @@ def test_jpeg_decode_on_the_device_gives_the_workers_items(root):
 def test_jpeg_decode_settings_fail_in_one_line(root):
     from mvcoding.errors import UserError
     from mvcoding.registry import ViewContext
-    from mvcoding.views.rgb import decode_on_device
+    from mvcoding.views.rgb import jpeg_on_device
 
     with pytest.raises(UserError, match=r"views.rgb.jpeg_decode=device .* needs views.rgb.cache=true"):
         build_views(cfg_with(root, rgb="{jpeg_decode: device}")[0], ["rgb"])
@@ -175,7 +175,7 @@ def test_jpeg_decode_settings_fail_in_one_line(root):
     for device, cache, fmt, expected in [("cuda", True, "jpeg", True), ("cuda:1", True, "jpeg", True),
                                          ("cpu", True, "jpeg", False), ("cuda", True, "raw", False),
                                          ("cuda", False, "jpeg", False)]:  # fmt: skip
-        got = decode_on_device(ViewContext(**ctx, device=device), jpeg_decode="auto", cache=cache, cache_format=fmt,
+        got = jpeg_on_device(ViewContext(**ctx, device=device), jpeg_decode="auto", cache=cache, cache_format=fmt,
                                view="rgb")  # fmt: skip
         assert got is expected, (device, cache, fmt)
 

@@ -153,7 +153,6 @@ def test_torchrun_two_processes_match_one_process(synthetic_root, tmp_path):
     ours, ref = metrics(double), metrics(single)
     assert sorted(ours) == sorted(ref) == [1, 2, 3, 4, 5]
     for step in ref:
-        print(step, ours[step]["loss"], ref[step]["loss"])
         assert ours[step]["loss"] == pytest.approx(ref[step]["loss"], rel=1e-4, abs=1e-5), step
         assert ours[step]["bank_max_diff"] == 0.0  # every rank holds the same memory banks
     a = torch.load(single / "checkpoints" / "last.pt", weights_only=True)["objective"]

@@ -118,7 +118,7 @@ def rgb_stage(*, cache_format: str, jpeg_quality: int, resolution, offset: int, 
 JPEG_DECODE = ("auto", "workers", "device")
 
 
-def decode_on_device(ctx: ViewContext, *, jpeg_decode: str, cache: bool, cache_format: str, view: str) -> bool:
+def jpeg_on_device(ctx: ViewContext, *, jpeg_decode: str, cache: bool, cache_format: str, view: str) -> bool:
     """Whether the view's JPEG cache is decoded batched on the device (jpeg_decode, resolved for ctx.device)."""
     if jpeg_decode not in JPEG_DECODE:
         raise UserError(f"views.{view}.jpeg_decode={jpeg_decode!r} is not valid: one of: {', '.join(JPEG_DECODE)}")
@@ -139,7 +139,7 @@ def jpeg_rows(x: torch.Tensor, aug: Aug) -> dict:
     return {"host_jpeg": x[0, :, 0], "host_aug": torch.tensor([*box, float(aug.flip)], dtype=torch.float64)}
 
 
-def decode_on_the_device(x: dict, *, size: int, device: str, then) -> torch.Tensor:
+def decode_batch_on_device(x: dict, *, size: int, device: str, then) -> torch.Tensor:
     """jpeg_decode=device's device_transform, batched: jpeg_rows items {"host_jpeg": (..., T, L), "host_aug":
     (..., 5)} in host memory -> every frame decoded in one decode_jpeg call on `device`, each clip cropped,
     resized and flipped as transform_rgb does in the workers ((..., 3, T, size, size) uint8), then `then`,
@@ -188,7 +188,7 @@ def frames_view(name: str, channels: int, device_step, doc: str):
         jpeg_decode: str = "auto",
     ) -> View:
         size, resolution = size or ctx.size, list(resolution) if resolution else None
-        on_device = decode_on_device(ctx, jpeg_decode=jpeg_decode, cache=cache, cache_format=cache_format, view=name)
+        on_device = jpeg_on_device(ctx, jpeg_decode=jpeg_decode, cache=cache, cache_format=cache_format, view=name)
         stage = (rgb_stage(cache_format=cache_format, jpeg_quality=jpeg_quality, resolution=resolution,
                            offset=offset, unpack=not on_device) if cache else None)  # fmt: skip
         return View(  # module-level functions bound with partial: the view pickles into spawned workers
@@ -196,7 +196,7 @@ def frames_view(name: str, channels: int, device_step, doc: str):
             channels=channels,
             decode=None if cache else partial(decode_rgb, offset=offset, resolution=resolution),
             transform=jpeg_rows if on_device else partial(transform_rgb, size=size),  # uint8 crops in the workers
-            device_transform=partial(decode_on_the_device, size=size, device=ctx.device, then=device_step)
+            device_transform=partial(decode_batch_on_device, size=size, device=ctx.device, then=device_step)
             if on_device
             else device_step,  # fmt: skip
             build_encoder=partial(build_encoder, encoder, in_channels=channels, width=width),

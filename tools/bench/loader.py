@@ -226,21 +226,18 @@ def breakdown(data: MultiViewClips, items: list[int], batch: int) -> list[tuple[
     return [(name, 1e3 * s / len(items)) for name, s in total.items()]
 
 
-def rgb_only(root: Path, cfg, args, tv_ucf101, formats: list[str]) -> None:
+def rgb_only(root: Path, cfg, args, tv_ucf101, cached_rgb: dict) -> None:
     """RGB alone (fold 1's train videos, 16 x 112 x 112 train clips): mvcoding decoding the videos, mvcoding
-    from the rgb cache in `formats` (decoded in the workers), and torchvision.datasets.UCF101
+    from the rgb cache with each of `cached_rgb`'s views ({format: rgb view}), and torchvision.datasets.UCF101
     (tools/bench/tv_ucf101.py), interleaved, medians; with the CPU milliseconds each spends per clip (all
     processes and threads), which load does not skew."""
     import copy
 
     video = tv_ucf101.mvcoding_data(root, frames=cfg.data.frames, stride=cfg.data.stride, size=cfg.data.size)
     datasets = {"video": video}
-    for fmt in formats:  # the formats the main table filled
-        over = [f"dataset.root={root}", "views.rgb.cache=true", f"views.rgb.cache_format={fmt}",
-                "views.rgb.jpeg_decode=workers" if fmt == "jpeg" else "views.rgb.jpeg_decode=auto",
-                f"views.rgb.resolution=[{args.resolution[0]},{args.resolution[1]}]"]  # fmt: skip
+    for fmt, view in cached_rgb.items():
         datasets[f"cached {fmt}"] = copy.copy(video)
-        datasets[f"cached {fmt}"].views = {"rgb": build_views(load_config(CONFIG, over), ["rgb"])["rgb"]}
+        datasets[f"cached {fmt}"].views = {"rgb": view}
     why_not = tv_ucf101.torchvision_available()
     kinds = [*datasets] + (["torchvision"] if why_not is None else [])
     for wk in args.workers:
@@ -345,8 +342,7 @@ def main() -> None:
         for fmt in args.rgb_cache:
             decode = "device" if fmt == "jpeg-device" else "workers"
             over = [*overrides, "views.rgb.cache=true", f"views.rgb.cache_format={fmt.split('-')[0]}",
-                    f"views.rgb.jpeg_decode={decode}" if fmt != "raw" else "views.rgb.jpeg_decode=auto",
-                    "precompute.workers=2"]  # fmt: skip
+                    f"views.rgb.jpeg_decode={decode}", "precompute.workers=2"]  # fmt: skip
             if precompute(["rgb", str(CONFIG), *over]) != 0:
                 raise SystemExit(f"filling the {fmt} rgb cache failed")
             cviews = build_views(load_config(CONFIG, over))
@@ -414,9 +410,10 @@ def main() -> None:
                 ml = statistics.median(rates["loader", wk])
                 cells = [(statistics.median(rates[f"cached {f}", wk])) for f in cached]
                 print(f"{wk:>7}  " + "  ".join(f"{c:>18.1f} {c / ml:>8.2f}" for c in cells))
+            in_workers = {f: ds for f, ds in cached.items() if f != "jpeg-device"}
             if args.encoded:
-                rgb_only(root, cfg, args, tv_ucf101, [f for f in cached if f != "jpeg-device"])
-            for fmt, ds in ((f, ds) for f, ds in cached.items() if f != "jpeg-device"):
+                rgb_only(root, cfg, args, tv_ucf101, {f: ds.views["rgb"] for f, ds in in_workers.items()})
+            for fmt, ds in in_workers.items():
                 print(f"rgb cache {fmt}: {ds.bytes_per_frame / 1024:.1f} KiB per frame on disk "
                       f"({ds.bytes_per_frame * 25 * 3600 / 2**30:.2f} GiB per hour of 25 fps video)")  # fmt: skip
 
