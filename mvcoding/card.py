@@ -3,8 +3,9 @@
 The card gathers what someone receiving the checkpoint needs: the checkpoint (path, sha256, step),
 the configuration that trained it (data, views and encoders, objective, optimiser), the training
 curve (training.png and the last logged loss), every evaluation whose results.json names this
-checkpoint by its sha256 (searched in the run directory and next to it), and how to use the encoders
-(`mvcoding export`, `mvcoding.load_encoder`) and cite the method.
+checkpoint by its sha256 (searched in the run directory and next to it; one row per eval.views entry,
+from results.json's "entries"), and how to use the encoders (`mvcoding export`, `mvcoding.load_encoder`)
+and cite the method.
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ def find_results(run: Path, sha: str) -> list[tuple[Path, dict]]:
                 data = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue
-            if isinstance(data, dict) and data.get("checkpoint_sha256") == sha:
-                found.append((path, data))
+            if not isinstance(data, dict) or data.get("checkpoint_sha256") != sha:
+                continue
+            if "entry" in data and "entries" not in data:
+                continue  # one entry's own results.json (EVAL/<entry>/): its evaluation's results.json lists it
+            found.append((path, data))
     return found
 
 
@@ -41,6 +45,7 @@ def model_card(run: str | Path) -> Path:
 
     from mvcoding import __version__
     from mvcoding.eval.metrics import sha256_file
+    from mvcoding.eval.report import entry_metrics
 
     run = Path(run)
     ckpt, cfg_path = run / "checkpoints" / "last.pt", run / "config.yaml"
@@ -97,16 +102,17 @@ def model_card(run: str | Path) -> Path:
     lines += ["## Evaluations of this checkpoint", ""]
     results = find_results(run, sha)
     if results:
-        keys = [k for k in METRICS if any(k in r.get("metrics", {}) for _, r in results)]
+        rows = [(path, r, entry, m) for path, r in results for entry, m in entry_metrics(r).items()]
+        keys = [k for k in METRICS if any(k in m for *_, m in rows)]
         lines += [
-            "| task | dataset split | " + " | ".join(keys) + " | results |",
-            "|---|---|" + "---|" * (len(keys) + 1),
+            "| task | views | dataset split | " + " | ".join(keys) + " | results |",
+            "|---|---|---|" + "---|" * (len(keys) + 1),
         ]
-        for path, r in results:
-            m = r.get("metrics", {})
+        for path, r, entry, m in rows:
+            views = entry or " & ".join((r.get("protocol") or {}).get("streams") or [])  # fuse: its streams
             cells = " | ".join(f"{100 * m[k]:.1f}%" if k in m else "" for k in keys)
             where = path.relative_to(run) if path.is_relative_to(run) else path
-            lines.append(f"| {r.get('task')} | {r.get('split')} | {cells} | `{where}` |")
+            lines.append(f"| {r.get('task')} | {views} | {r.get('split')} | {cells} | `{where}` |")
         lines.append("")
     else:
         lines += ["None found (results.json naming this checkpoint's sha256, in or beside the run directory).", ""]

@@ -125,34 +125,55 @@ def plot_retrieval(queries: Sequence, neighbours: Sequence[Sequence], classes: S
     plt.close(fig)
 
 
+def _sweep_stat(row: dict, key: str, entry: str | None) -> dict:
+    """{"mean", "std"} of a sweep summary row's metric: the row's own (entry None) or one entry's."""
+    if entry is None:
+        return row[key]
+    return row["entries"].get(entry, {}).get(key) or {"mean": None, "std": None}
+
+
 def plot_sweep(spec: Spec, rows: Sequence[dict], p: float | None, path: Path) -> None:
     """Horizontal bars per cell (probe video top-1, and retrieval R@1 when run): mean over seeds, error
-    bars the sample std, coloured by group, the chance line on the probe panel."""
+    bars the sample std, coloured by group, the chance line on the probe panel. With more than one
+    eval.views entry in the rows, one bar per entry within each cell's band, told apart by hatching."""
     from matplotlib.patches import Patch
 
     plt = _pyplot()
 
+    names = list(dict.fromkeys(e for r in rows for e in r.get("entries", {})))
+    names = names if len(names) > 1 else [None]  # None: the cell's own (first-entry) numbers
     panels = [("video_top1", "linear probe video top-1 (%)")]
-    if any(r["retrieval_r1"]["mean"] is not None for r in rows):
+    if any(_sweep_stat(r, "retrieval_r1", e)["mean"] is not None for r in rows for e in names):
         panels.append(("retrieval_r1", "retrieval video R@1 (%)"))
     groups = list(dict.fromkeys(r["group"] for r in rows))
     colors = {g: plt.get_cmap("tab10")(i % 10) for i, g in enumerate(groups)}
+    band = 0.45 * max(1.0, 0.6 * len(names))
     fig, axes = plt.subplots(
-        1, len(panels), figsize=(4.5 * len(panels) + 2.5, 0.45 * len(rows) + 1.6), sharey=True, squeeze=False
+        1, len(panels), figsize=(4.5 * len(panels) + 2.5, band * len(rows) + 1.6), sharey=True, squeeze=False
     )
     ys = range(len(rows))
+    height = 0.8 / len(names)
+    hatches = ["", "//", "..", "xx", "\\\\", "oo", "--", "++"]
     for ax, (key, title) in zip(axes[0], panels, strict=True):
-        means = [100 * (r[key]["mean"] or 0.0) for r in rows]
-        errs = [100 * (r[key]["std"] or 0.0) for r in rows]
-        ax.barh(ys, means, xerr=errs, color=[colors[r["group"]] for r in rows], capsize=3)
-        for y, m, e, r in zip(ys, means, errs, rows, strict=True):
-            if r[key]["mean"] is not None:
-                ax.text(m + e + 1, y, f"{m:.1f}", va="center", fontsize=7)
+        for j, e in enumerate(names):
+            offset = (j - (len(names) - 1) / 2) * height
+            means = [100 * (_sweep_stat(r, key, e)["mean"] or 0.0) for r in rows]
+            errs = [100 * (_sweep_stat(r, key, e)["std"] or 0.0) for r in rows]
+            at = [y + offset for y in ys]
+            ax.barh(at, means, height=height, xerr=errs, color=[colors[r["group"]] for r in rows], capsize=3,
+                    hatch=hatches[j % len(hatches)], edgecolor="white" if j else None)  # fmt: skip
+            for y, m, err, r in zip(at, means, errs, rows, strict=True):
+                if _sweep_stat(r, key, e)["mean"] is not None:
+                    ax.text(m + err + 1, y, f"{m:.1f}", va="center", fontsize=7 if len(names) == 1 else 6)
         if key == "video_top1" and p:
             ax.axvline(100 * p, color="grey", linestyle="--", linewidth=1)
             ax.text(100 * p, -0.6, " chance", color="grey", fontsize=7, va="bottom")
         ax.set_xlim(0, 105)
         ax.set_xlabel(title)
+    if names != [None]:
+        handles = [Patch(facecolor="dimgray", hatch=hatches[j % len(hatches)], edgecolor="white")
+                   for j in range(len(names))]  # fmt: skip
+        axes[0][-1].legend(handles, [f"eval.views entry {e}" for e in names], loc="lower right", fontsize=6)
     axes[0][0].set_yticks(list(ys), [f"{r['cell']} (n={r['n']})" for r in rows], fontsize=8)
     axes[0][0].invert_yaxis()
     if len(groups) > 1 or groups[0]:

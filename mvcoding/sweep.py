@@ -19,7 +19,8 @@ Relative config paths resolve against the current directory, then the spec's fol
 seed, run.dir, resume, checkpoint and eval.random_init itself; a spec that sets them is an error.
 Before pretraining, the caches of the cell's views are filled (`mvcoding precompute all` for the
 cell's config: every view with a precompute stage, e.g. flow and depth; it skips what is cached);
-the evaluations use the encoders of eval.views (default [rgb]).
+the evaluations use the encoders of eval.views (default [rgb]), each entry on its own (a view, or
+views joined with + whose features are concatenated: eval.views=[rgb,flow,rgb+flow] is three probes).
 
 The output folder::
 
@@ -29,17 +30,27 @@ The output folder::
         eval-linear/ eval-retrieval/ the evaluations (results.json, ...; see mvcoding.eval)
         cell.json                    written last (atomically), when the cell is complete
     results.csv                      one row per cell and seed (metrics as fractions, as in results.json)
-    results.json                     {"name", ..., "cells": [per cell: mean, std, values], "runs": [cell.json...]}
+    results.json                     {"name", ..., "entries", "cells": [per cell: mean, std, values],
+                                     "runs": [cell.json...]}
     table.md                         one row per cell: mean +- std over seeds, in percent
     results.png                      probe video top-1 (and retrieval R@1) per cell, error bars = std
 
 cell.json: {"cell", "group", "seed", "config", "overrides" (the spec's and the cell's), "cell_overrides"
 (the table's column), "pretrain", "eval", "eval_views", "run_dir", "dataset", "num_classes", "finished",
-"metrics": {"video_top1", "clip_top1", "retrieval_r1", "pretrain_seconds"}}.
+"metrics": {"video_top1", "clip_top1", "retrieval_r1", "pretrain_seconds"},
+"entries": {ENTRY: {"video_top1", "clip_top1", "retrieval_r1"}, ...}}.
 video_top1 and clip_top1 are the linear probe's test accuracies (video level: mean over eval.clips;
 clip level), retrieval_r1 the video-level recall@1; a metric is null when its evaluation was not run
-(pretrain_seconds: without pretraining). pretrain_seconds is the wall time of the sweep's pretraining
-call; a resumed pretraining counts from the resume.
+(pretrain_seconds: without pretraining). "metrics" holds the first eval.views entry's numbers,
+"entries" every entry's (in eval.views order). pretrain_seconds is the wall time of the sweep's
+pretraining call; a resumed pretraining counts from the resume.
+
+Entries in the report. When the runs have one entry name in all (e.g. every cell eval.views=[rgb]),
+the table has one probe and one retrieval column, results.csv one column per metric. With more
+(eval.views=[rgb,flow,rgb+flow], or cells that evaluate different views) the table has a probe and
+a retrieval column per entry (n/a where a cell lacks that entry), results.csv adds the columns
+"<metric> <entry>" for every entry, and results.png a bar per entry. A summary row in results.json
+carries "entries": {ENTRY: {METRIC: {"mean", "std", "values"}}}.
 
 Resume: a (cell, seed) with a cell.json is skipped; one without is run again, its pretraining with
 resume=auto from its own folder (continuing from the last checkpoint; skipped once pretrain.json
@@ -72,6 +83,7 @@ SPEC_KEYS = ("name", "config", "overrides", "seeds", "eval", "cells")
 CELL_KEYS = ("name", "group", "config", "overrides", "pretrain")
 EVALS = ("linear", "retrieval")
 METRICS = ("video_top1", "clip_top1", "retrieval_r1", "pretrain_seconds")
+ENTRY_METRICS = ("video_top1", "clip_top1", "retrieval_r1")  # each eval.views entry's
 # keys the sweep sets itself, and what to write in the spec instead
 RESERVED = {
     "seed": "seeds: [...]",
@@ -127,9 +139,24 @@ def format_pm(m: float | None, s: float | None, scale: float = 100.0) -> str:
     return f"{m * scale:.1f} ± " + ("n/a" if s is None else f"{s * scale:.1f}")
 
 
+def record_entries(record: dict) -> dict[str, dict]:
+    """{entry: {ENTRY_METRIC: value}} of a cell.json; one written before entries gives its "metrics"
+    under its eval.views joined with + (what it evaluated: their features concatenated)."""
+    if isinstance(record.get("entries"), dict):
+        return record["entries"]
+    return {"+".join(record.get("eval_views") or []): {k: record["metrics"].get(k) for k in ENTRY_METRICS}}
+
+
+def entry_names(records: Sequence[dict]) -> list[str]:
+    """Every entry of the records, in order of first appearance."""
+    return list(dict.fromkeys(e for r in records for e in record_entries(r)))
+
+
 def summarize(records: Sequence[dict]) -> list[dict]:
     """One row per cell (groups in order of first appearance, cells in order within a group):
-    {"group", "cell", "n", "seeds", "overrides", "pretrain", METRIC: {"mean", "std", "values"}}."""
+    {"group", "cell", "n", "seeds", "overrides", "pretrain", METRIC: {"mean", "std", "values"},
+    "entries": {ENTRY: {ENTRY_METRIC: {"mean", "std", "values"}}}} (values: one per seed, None where a
+    seed lacks the entry)."""
     rows: dict[str, dict] = {}
     for r in records:
         row = rows.setdefault(r["cell"], {"group": r["group"], "cell": r["cell"], "seeds": [], "records": []})
@@ -145,6 +172,12 @@ def summarize(records: Sequence[dict]) -> list[dict]:
         for key in METRICS:
             values = [rec["metrics"].get(key) for rec in recs]
             row[key] = {"mean": mean(values), "std": sample_std(values), "values": values}
+        row["entries"] = {}
+        for entry in entry_names(recs):
+            row["entries"][entry] = {}
+            for key in ENTRY_METRICS:
+                values = [record_entries(rec).get(entry, {}).get(key) for rec in recs]
+                row["entries"][entry][key] = {"mean": mean(values), "std": sample_std(values), "values": values}
         out.append(row)
     return out
 
@@ -287,18 +320,14 @@ def _value(path: Path | str) -> str:
 def validate(cells: Sequence[Cell], seed: int) -> None:
     """Load every cell's config with its overrides, so a misspelt key fails before anything runs."""
     from mvcoding.config import load_config
+    from mvcoding.eval.features import parse_entries
 
     for cell in cells:
         try:
             cfg = load_config(cell.config, [*cell.overrides, f"seed={seed}"])
+            parse_entries(list(cfg.eval.views), list(cfg.views or {}))
         except UserError as e:
             raise UserError(f"cell {cell.name!r}: {e}") from e
-        missing = [v for v in cfg.eval.views if v not in (cfg.views or {})]
-        if missing:
-            raise UserError(
-                f"cell {cell.name!r}: eval.views={list(cfg.eval.views)} names {missing[0]}, not a view of "
-                f"its config (views: {list(cfg.views or {})}); set eval.views=[rgb]"
-            )
 
 
 # ----------------------------------------------------------------------------- one cell
@@ -336,12 +365,15 @@ def pretrain(cell: Cell, seed: int, folder: Path) -> float:
 def run_cell(spec: Spec, cell: Cell, seed: int, folder: Path) -> dict:
     """Caches, pretraining and evaluations of one (cell, seed) in `folder`; writes and returns its cell.json."""
     from mvcoding.config import load_config
+    from mvcoding.eval.features import entry_views, parse_entries
     from mvcoding.eval.linear import linear_probe
+    from mvcoding.eval.report import entry_metrics
     from mvcoding.eval.retrieval import retrieval
 
     folder.mkdir(parents=True, exist_ok=True)
     cfg = load_config(cell.config, [*cell.overrides, f"seed={seed}"])
-    fill_caches(cell, list(cfg.views or {}) if cell.pretrain else list(cfg.eval.views))
+    evaluated = entry_views(parse_entries(list(cfg.eval.views), list(cfg.views or {})))
+    fill_caches(cell, list(cfg.views or {}) if cell.pretrain else evaluated)
     metrics: dict = dict.fromkeys(METRICS)
     if cell.pretrain:
         metrics["pretrain_seconds"] = pretrain(cell, seed, folder)
@@ -349,11 +381,18 @@ def run_cell(spec: Spec, cell: Cell, seed: int, folder: Path) -> dict:
     else:
         source = "eval.random_init=true"
     cfg = load_config(cell.config, [*cell.overrides, f"seed={seed}", source])
+    entries: dict[str, dict] = {}
     if "linear" in spec.evals:
         m = linear_probe(cfg, cfg.checkpoint, folder / "eval-linear", random_init=not cell.pretrain)
         metrics["video_top1"], metrics["clip_top1"] = m["video_top1"], m["clip_top1"]
+        for entry, m in entry_metrics(json.loads((folder / "eval-linear" / "results.json").read_text())).items():
+            entries.setdefault(entry, dict.fromkeys(ENTRY_METRICS)).update(
+                video_top1=m["video_top1"], clip_top1=m["clip_top1"]
+            )
     if "retrieval" in spec.evals:
         metrics["retrieval_r1"] = retrieval(cfg, folder / "eval-retrieval")["recall@1"]
+        for entry, m in entry_metrics(json.loads((folder / "eval-retrieval" / "results.json").read_text())).items():
+            entries.setdefault(entry, dict.fromkeys(ENTRY_METRICS))["retrieval_r1"] = m["recall@1"]
     results = json.loads((folder / f"eval-{spec.evals[-1]}" / "results.json").read_text())  # dataset, classes
     record = {
         "cell": cell.name,
@@ -369,6 +408,7 @@ def run_cell(spec: Spec, cell: Cell, seed: int, folder: Path) -> dict:
         "dataset": results.get("dataset"),
         "num_classes": results.get("num_classes"),
         "metrics": metrics,
+        "entries": entries,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     write_text_atomic(folder / "cell.json", json.dumps(record, indent=2) + "\n")
@@ -397,12 +437,16 @@ def write_report(spec: Spec, out: Path, records: Sequence[dict]) -> None:
     """results.csv, results.json, table.md and results.png in `out` (each written atomically)."""
     rows = summarize(records)
     p = chance(records)
+    names = entry_names(records)
+    per_entry = [(e, k) for e in names for k in ENTRY_METRICS] if len(names) > 1 else []
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["group", "cell", "seed", *METRICS, "pretrain", "config", "overrides", "run_dir"])
+    extra = [f"{k} {e}" for e, k in per_entry]
+    w.writerow(["group", "cell", "seed", *METRICS, *extra, "pretrain", "config", "overrides", "run_dir"])
     for r in records:
-        m = r["metrics"]
+        m, em = r["metrics"], record_entries(r)
         values = ["" if m.get(k) is None else m[k] for k in METRICS]
+        values += ["" if em.get(e, {}).get(k) is None else em[e][k] for e, k in per_entry]
         overrides = " ".join(r["overrides"])
         w.writerow([r["group"], r["cell"], r["seed"], *values, r["pretrain"], r["config"], overrides, r["run_dir"]])
     write_text_atomic(out / "results.csv", buf.getvalue())
@@ -413,6 +457,7 @@ def write_report(spec: Spec, out: Path, records: Sequence[dict]) -> None:
         "overrides": list(spec.overrides),
         "seeds": list(spec.seeds),
         "eval": list(spec.evals),
+        "entries": names,
         "chance": p,
         "statistics": "mean and sample std (ddof=1) over seeds; std null for one seed; metrics as fractions",
         "cells": rows,
@@ -426,29 +471,39 @@ def write_report(spec: Spec, out: Path, records: Sequence[dict]) -> None:
 
 
 def table(spec: Spec, rows: Sequence[dict], p: float | None) -> str:
-    """The Markdown table: one row per cell, mean ± std over seeds in percent."""
+    """The Markdown table: one row per cell, mean ± std over seeds in percent; with more than one
+    eval.views entry in the rows, a probe and a retrieval column per entry."""
     esc = lambda s: str(s).replace("|", "\\|")
     common = " ".join(spec.overrides) or "none"
+    names = list(dict.fromkeys(e for r in rows for e in r.get("entries", {})))
+    if len(names) > 1:
+        heads = [f"probe {esc(e)} (%)" for e in names] + [f"R@1 {esc(e)} (%)" for e in names]
+        probe = "Probe <entry>: linear probe on the frozen encoder(s) of that eval.views entry (views joined with + "
+        probe += "concatenated), video-level top-1 on the test split. R@1 <entry>: video-level recall@1"
+    else:
+        heads = ["probe video top-1 (%)", "retrieval R@1 (%)"]
+        probe = "Probe: linear probe on the frozen encoder(s) of eval.views, video-level top-1 on the test split. "
+        probe += "Retrieval: video-level recall@1"
     lines = [
         f"# Sweep {spec.name}",
         "",
         f"Spec `{spec.path}`; config `{spec.config}`; overrides of every cell: `{common}`; seeds "
         f"{', '.join(map(str, spec.seeds))}.",
-        "Mean ± sample std (ddof=1) over seeds, in percent (n/a: one seed). Probe: linear probe on the frozen "
-        "encoder(s) of eval.views, video-level top-1 on the test split. Retrieval: video-level recall@1 "
+        f"Mean ± sample std (ddof=1) over seeds, in percent (n/a: one seed). {probe} "
         "(test videos query the train videos)." + (f" Chance {100 * p:.1f}% ({round(1 / p)} classes)." if p else ""),
         "",
-        "| group | cell | seeds | probe video top-1 (%) | retrieval R@1 (%) | overrides |",
-        "|---|---|---|---|---|---|",
+        "| group | cell | seeds | " + " | ".join(heads) + " | overrides |",
+        "|---|---|---|" + "---|" * len(heads) + "---|",
     ]
     for r in rows:
         n = str(r["n"]) if r["n"] == len(spec.seeds) else f"{r['n']}/{len(spec.seeds)}"
-        v, rr = r["video_top1"], r["retrieval_r1"]
+        if len(names) > 1:
+            stats = [r["entries"].get(e, {}).get(k) for k in ("video_top1", "retrieval_r1") for e in names]
+        else:
+            stats = [r["video_top1"], r["retrieval_r1"]]
+        cells = " | ".join("n/a" if v is None else format_pm(v["mean"], v["std"]) for v in stats)
         own = " ".join(f"`{esc(o)}`" for o in r["overrides"])
-        lines.append(
-            f"| {esc(r['group'])} | {esc(r['cell'])} | {n} | {format_pm(v['mean'], v['std'])} | "
-            f"{format_pm(rr['mean'], rr['std'])} | {own} |"
-        )
+        lines.append(f"| {esc(r['group'])} | {esc(r['cell'])} | {n} | {cells} | {own} |")
     return "\n".join(lines) + "\n"
 
 

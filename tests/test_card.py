@@ -16,7 +16,7 @@ def test_the_card_names_the_checkpoint_and_its_evaluations(synthetic_root, tmp_p
     run = tmp_path / "run"
     train(load_config(SYNTHETIC, tiny(synthetic_root, **{"run.dir": run, "train.max_steps": 2})))
     ckpt = run / "checkpoints" / "last.pt"
-    over = {"checkpoint": ckpt, "eval.linear.epochs": 2, "eval.clips": 1}
+    over = {"checkpoint": ckpt, "eval.linear.epochs": 2, "eval.clips": 1, "eval.views": "[rgb,rgb+flow]"}
     evaluate("linear", load_config(SYNTHETIC, tiny(synthetic_root, **over, **{"run.dir": run / "eval-linear"})))
     other = tmp_path / "other"  # an evaluation of another checkpoint beside the run: not on the card
     evaluate("linear", load_config(SYNTHETIC, tiny(synthetic_root, **{"eval.random_init": "true", "run.dir": other,
@@ -24,9 +24,12 @@ def test_the_card_names_the_checkpoint_and_its_evaluations(synthetic_root, tmp_p
     assert main(["report", str(run)]) == 0
     card = (run / "MODEL_CARD.md").read_text()
     sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    top1 = json.loads((run / "eval-linear" / "results.json").read_text())["metrics"]["video_top1"]
+    entries = json.loads((run / "eval-linear" / "results.json").read_text())["entries"]
     assert f"sha256: `{sha}`" in card and "step 2, epoch" in card
-    assert f"| linear | 1 | {100 * top1:.1f}%" in card  # split 1 of the dataset and "eval-linear/results.json" in card
+    for entry in ("rgb", "rgb+flow"):  # one row per eval.views entry, split 1 of the dataset
+        top1 = entries[entry]["metrics"]["video_top1"]
+        assert f"| linear | {entry} | 1 | {100 * top1:.1f}%" in card and "`eval-linear/results.json` |" in card
+    assert card.count("| linear |") == 2  # not again from the entries' own folders (eval-linear/rgb/results.json)
     assert str(other) not in card and "![training curves](training.png)" in card
     assert "| rgb | small3d_gn |" in card and "objective `cmc`" in card
     assert main(["report", str(tmp_path)]) == 2

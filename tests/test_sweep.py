@@ -20,6 +20,7 @@ CELLS = [
     {"name": "rgb+flow (in-batch)", "group": "views", "overrides": ["objective.negatives=in_batch"]},
     {"name": "random init", "group": "baseline", "pretrain": False},
 ]
+HEAD = "| group | cell | seeds | probe video top-1 (%) | retrieval R@1 (%) | overrides |"  # one eval.views entry
 
 
 def write_spec(path: Path, **spec) -> Path:
@@ -27,9 +28,16 @@ def write_spec(path: Path, **spec) -> Path:
     return path
 
 
-def record(cell: str, group: str, seed: int, top1: float | None, classes: int = 8) -> dict:
+def record(cell: str, group: str, seed: int, top1: float | None, classes: int = 8, entries=None) -> dict:
+    """A cell.json; entries: {entry: (probe video top-1, retrieval R@1)}, the first one's also in "metrics"."""
     metrics = {"video_top1": top1, "clip_top1": None, "retrieval_r1": None, "pretrain_seconds": None}
-    return {"cell": cell, "group": group, "seed": seed, "num_classes": classes, "metrics": metrics}
+    rec = {"cell": cell, "group": group, "seed": seed, "num_classes": classes, "metrics": metrics, "overrides": [],
+           "pretrain": True, "config": "c.yaml", "run_dir": f"{cell}/seed{seed}"}  # fmt: skip
+    if entries is not None:
+        rec["entries"] = {e: {"video_top1": v, "clip_top1": None, "retrieval_r1": r} for e, (v, r) in entries.items()}
+        first = next(iter(rec["entries"].values()))
+        rec["metrics"] |= {"video_top1": first["video_top1"], "retrieval_r1": first["retrieval_r1"]}
+    return rec
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -59,6 +67,45 @@ def test_summarize_groups_the_cells_and_averages_over_seeds():
     assert sweep.chance(records) == 0.125 and sweep.chance([*records, record("D", "g3", 0, 0.2, classes=4)]) is None
 
 
+def test_the_table_has_a_column_per_eval_views_entry(tmp_path):
+    """Cells that evaluate the entries rgb, flow and rgb+flow: a probe and a retrieval column per entry,
+    mean ± std over seeds of that entry's numbers, n/a where a cell lacks the entry; the CSV and the
+    summary carry every entry. With one entry in all, the table keeps its single-entry layout."""
+    both = {"rgb": (0.5, 0.4), "flow": (0.3, 0.2), "rgb+flow": (0.7, 0.6)}
+    records = [
+        record("A", "g", 0, None, entries=both),
+        record("A", "g", 1, None, entries={e: (v + 0.1, r + 0.1) for e, (v, r) in both.items()}),
+        record("B", "g", 0, None, entries={"rgb": (0.25, 0.125)}),
+    ]
+    spec = sweep.Spec(tmp_path / "s.yaml", "s", None, (), (0, 1), ("linear", "retrieval"), ())
+    rows = sweep.summarize(records)
+    assert rows[0]["entries"]["flow"]["video_top1"]["values"] == [0.3, 0.4]
+    assert rows[1]["entries"]["rgb"]["retrieval_r1"]["values"] == [0.125] and "flow" not in rows[1]["entries"]
+    lines = sweep.table(spec, rows, None).splitlines()
+    head = "| group | cell | seeds | probe rgb (%) | probe flow (%) | probe rgb+flow (%) | R@1 rgb (%) | R@1 flow (%) "
+    assert head + "| R@1 rgb+flow (%) | overrides |" in lines
+    a = next(x for x in lines if x.startswith("| g | A |")).split(" | ")
+    assert a[3:9] == ["55.0 ± 7.1", "35.0 ± 7.1", "75.0 ± 7.1", "45.0 ± 7.1", "25.0 ± 7.1", "65.0 ± 7.1"]
+    b = next(x for x in lines if x.startswith("| g | B |")).split(" | ")
+    assert b[2:9] == ["1/2", "25.0 ± n/a", "n/a", "n/a", "12.5 ± n/a", "n/a", "n/a"]
+
+    sweep.write_report(spec, tmp_path, records)
+    rows_csv = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert float(rows_csv[1]["video_top1 rgb+flow"]) == pytest.approx(0.8)
+    assert rows_csv[2]["retrieval_r1 rgb"] == "0.125"
+    assert rows_csv[2]["video_top1 flow"] == "" and rows_csv[0]["video_top1"] == "0.5"  # the first entry's
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert summary["entries"] == ["rgb", "flow", "rgb+flow"] and summary["cells"][0]["entries"]["rgb+flow"]
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    one = [record("A", "g", 0, 0.5, entries={"rgb": (0.5, 0.4)}), record("B", "g", 0, 0.2)]  # B: before entries
+    one[1]["eval_views"] = ["rgb"]
+    lines = sweep.table(spec, sweep.summarize(one), None).splitlines()
+    assert HEAD in lines and "| g | A | 1/2 | 50.0 ± n/a | 40.0 ± n/a |  |" in lines
+    sweep.write_report(spec, tmp_path, one)
+    assert next(csv.reader((tmp_path / "results.csv").open()))[3:7] == list(sweep.METRICS)  # no entry columns
+
+
 def test_overrides_merge_with_the_cells_winning_and_names_become_folders():
     assert sweep.merge_overrides(["a=1", "b=2"], ["++a=3", "c=4"]) == ["b=2", "++a=3", "c=4"]
     assert sweep.slug("rgb+flow (in-batch)") == "rgb-flow-in-batch"
@@ -76,6 +123,9 @@ def test_overrides_merge_with_the_cells_winning_and_names_become_folders():
         ({"config": SYNTHETIC, "cells": [{"name": "a", "overrides": ["seed=3"]}]}, "use seeds:"),
         ({"config": "configs/nope.yaml", "cells": [{"name": "a"}]}, "configs/nope.yaml not found"),
         ({"config": SYNTHETIC, "cells": [{"name": "a", "overrides": ["train.epoch=3"]}]}, "cell 'a': bad config"),
+        ({"config": SYNTHETIC, "cells": [{"name": "a", "overrides": ["eval.views=[rgb,rgb+]"]}]}, "has an empty part"),
+        ({"config": SYNTHETIC, "cells": [{"name": "a", "overrides": ["eval.views=[rgb,rgb]"]}]}, "lists 'rgb' twice"),
+        ({"config": SYNTHETIC, "cells": [{"name": "a", "overrides": ["eval.views=[rgb+dep]"]}]}, "'dep' is not a view"),
     ],
 )
 def test_a_bad_spec_is_one_line_and_exit_2(tmp_path, capsys, spec, message):
@@ -100,8 +150,9 @@ def test_dry_run_prints_every_cell_with_its_overrides_and_runs_nothing(tmp_path,
 def test_a_tiny_sweep_writes_every_file_and_reruns_only_what_is_missing(tmp_path, synthetic_root, caplog):
     caplog.set_level(logging.INFO, logger="mvcoding.sweep")
     overrides = tiny(synthetic_root, **FAST)
+    cells = [CELLS[0] | {"overrides": [*CELLS[0]["overrides"], "eval.views=[rgb,rgb+flow]"]}, CELLS[1]]
     spec = write_spec(
-        tmp_path / "spec.yaml", name="tiny", config=SYNTHETIC, overrides=overrides, seeds=[0, 1], cells=CELLS
+        tmp_path / "spec.yaml", name="tiny", config=SYNTHETIC, overrides=overrides, seeds=[0, 1], cells=cells
     )
     out = tmp_path / "out"
     assert main(["sweep", str(spec), "--out", str(out)]) == 0
@@ -112,6 +163,14 @@ def test_a_tiny_sweep_writes_every_file_and_reruns_only_what_is_missing(tmp_path
         assert rec["seed"] == s and rec["num_classes"] == 8 and rec["pretrain"] == (c != "random-init")
         for key in ("video_top1", "clip_top1", "retrieval_r1"):
             assert 0.0 <= rec["metrics"][key] <= 1.0
+        # every eval.views entry's numbers, those of its evaluations' results.json; the first also in "metrics"
+        linear, retrieval = (json.loads((path.parent / f"eval-{t}" / "results.json").read_text())["entries"]
+                             for t in ("linear", "retrieval"))  # fmt: skip
+        assert list(rec["entries"]) == (["rgb", "rgb+flow"] if c != "random-init" else ["rgb"])
+        for entry, m in rec["entries"].items():
+            assert m["video_top1"] == linear[entry]["metrics"]["video_top1"]
+            assert m["retrieval_r1"] == retrieval[entry]["metrics"]["recall@1"]
+        assert rec["metrics"]["video_top1"] == rec["entries"]["rgb"]["video_top1"]
         assert (rec["metrics"]["pretrain_seconds"] is None) == (c == "random-init")
         assert (path.parent / "checkpoints" / "last.pt").is_file() == (c != "random-init")
         assert (path.parent / "eval-linear" / "results.json").is_file()
@@ -127,8 +186,12 @@ def test_a_tiny_sweep_writes_every_file_and_reruns_only_what_is_missing(tmp_path
     assert [(c["cell"], c["n"]) for c in summary["cells"]] == [("rgb+flow (in-batch)", 2), ("random init", 2)]
     assert summary["chance"] == 0.125
     table = (out / "table.md").read_text().splitlines()
+    head = "| group | cell | seeds | probe rgb (%) | probe rgb+flow (%) | R@1 rgb (%) | R@1 rgb+flow (%) | overrides |"
+    assert head in table  # a column per eval.views entry
     body = [line for line in table if line.startswith("| views") or line.startswith("| baseline")]
     assert len(body) == 2 and all("| 2 |" in line and " ± " in line for line in body)
+    random_init = body[1].split(" | ")
+    assert random_init[4] == random_init[6] == "n/a" and " ± " in random_init[3]  # it evaluates rgb only
     assert "objective.negatives=in_batch" in body[0] and "eval.random_init=true" in body[1]
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sum("sweep 4/4: random init seed 1 ..." in r.getMessage() for r in caplog.records) == 1

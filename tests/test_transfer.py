@@ -122,9 +122,9 @@ def test_classification_report_on_constructed_logits(tmp_path):
     index = SimpleNamespace(name="toy", split=2, classes=["a", "b", "c"], train=[],
                             test=[SimpleNamespace(video_id=f"v{v}") for v in range(3)])  # fmt: skip
     run = {"x": torch.tensor(crops), "label": torch.tensor(labels), "video": torch.tensor(video)}
-    metrics = report.report_classification(tmp_path, "linear", run, index, checkpoint=None, sha256=None,
-                                            protocol={"views": ["rgb"]}, files=[])  # fmt: skip
-    assert metrics == pytest.approx({"video_top1": 2 / 3, "clip_top1": 0.5}, abs=1e-7)
+    record = report.report_classification(tmp_path, "linear", run, index, checkpoint=None, sha256=None,
+                                           protocol={"views": ["rgb"]}, files=[])  # fmt: skip
+    assert record["metrics"] == pytest.approx({"video_top1": 2 / 3, "clip_top1": 0.5}, abs=1e-7)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["metrics"] == {"video_top1": 0.666667, "clip_top1": 0.5}
     assert results["split"] == 2 and results["num_test"] == 3 and results["num_classes"] == 3
@@ -270,6 +270,8 @@ def test_linear_results_agree_with_the_saved_features(tiny, linear_run):
     assert {"task", "metrics", "level", "checkpoint", "checkpoint_sha256", "split", "dataset", "protocol",
             "num_train", "num_test"} <= set(results)  # fmt: skip
     assert results["task"] == "linear" and results["split"] == 1 and results["dataset"] == "listfile"
+    assert results["entry"] == "rgb"
+    assert results["entries"] == {"rgb": {"views": ["rgb"], "metrics": results["metrics"]}}
     assert results["checkpoint"] == str(tiny.checkpoint)
     assert results["checkpoint_sha256"] == sha256_file(tiny.checkpoint)
     assert results["level"]["video_top1"].startswith("video") and results["level"]["clip_top1"].startswith("clip")
@@ -418,7 +420,7 @@ def test_flow_view_and_rgb_flow_fusion_in_eval(tiny, two_view, tmp_path):
 
     checkpoint, state = two_view
     runs = {}
-    for name, views in (("flow", "[flow]"), ("rgb", "[rgb]"), ("both", "[rgb,flow]")):
+    for name, views in (("flow", "[flow]"), ("rgb", "[rgb]"), ("both", "[rgb+flow]")):
         runs[name] = tmp_path / name
         over = {"checkpoint": checkpoint, "run.dir": runs[name], "eval.views": views, "eval.crops": 1}
         evaluate("linear", tiny.cfg(**over))

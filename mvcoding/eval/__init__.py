@@ -9,8 +9,12 @@ fuse, metrics (pure functions on tensors), report (results.json, summary.md, pro
     mvcoding eval fuse      runs/a/results.json runs/b/results.json [--out DIR]
 
 The views come from the config on the command line (cfg.views, the encoders' settings) and
-cfg.eval.views picks the ones to evaluate; their encoder weights are the checkpoint's
-"encoders.<view>.*" (or random with eval.random_init=true, a baseline).
+cfg.eval.views lists what to evaluate: entries, each a view or views joined with + (their features
+concatenated in that order), each evaluated and reported on its own, e.g. [rgb, flow, rgb+flow]
+gives three results. Every view's features are extracted once, whatever the number of entries that
+use it. The encoder weights are the checkpoint's "encoders.<view>.*" (or random with
+eval.random_init=true, a baseline). finetune trains one encoder: the first entry's, which must be a
+single view.
 
 Levels. A test video gives eval.clips temporal clips spread uniformly over it, each seen in
 eval.crops spatial crops (1: the centre square; 3: three squares along the long side). A *clip*
@@ -23,6 +27,9 @@ config.yaml, results.json (format in mvcoding.eval.report), summary.md, and
              classifier.pt, probs.pt, confusion.png, metrics.jsonl (classifier training)
   finetune:  finetuned.pt (encoder and head), probs.pt, confusion.png, metrics.jsonl (one line per epoch)
   retrieval: features.pt, retrieval.png
+The top level is the first entry's evaluation; with several entries each also has <entry>/ (its
+results.json, summary.md and, for linear, classifier.pt, probs.pt, confusion.png; for retrieval,
+retrieval.png), and results.json's "entries" holds every entry's metrics (mvcoding.eval.report).
 probs.pt holds the test videos' class probabilities: {"video_ids", "labels" (V,), "probs" (V, C),
 "clip_probs" (N, C), "clip_video" (N,), "classes", "dataset", "split", "views", "task"}; fuse reads it.
 fuse writes results.json, probs.pt, confusion.png and summary.md into runs/fuse-<timestamp> (or `out`).

@@ -61,13 +61,62 @@ class EvalClips(Dataset):
         return item | {"label": self.base.records[video].label, "video": video, "clip": i % self.base.clips}
 
 
+# ----------------------------------------------------------------------------- eval.views entries
+def parse_entries(entries, views) -> dict[str, tuple[str, ...]]:
+    """eval.views -> {entry: its views in order}: "rgb" -> ("rgb",), "rgb+flow" -> ("rgb", "flow").
+
+    Each entry is evaluated on its own; an entry joining views with + has their features concatenated
+    in its order. `views`: the config's view names. An empty list, an empty part ("rgb+"), a view that
+    is not in `views` or is named twice in an entry, and an entry listed twice are UserErrors.
+    """
+    known = list(views)
+    if isinstance(entries, str) or not entries:
+        raise UserError(f"eval.views={entries!r} must be a non-empty list of views; set eval.views=[rgb] "
+                        "(or e.g. [rgb,flow,rgb+flow]: each entry evaluated on its own)")  # fmt: skip
+    parsed: dict[str, tuple[str, ...]] = {}
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise UserError(f"eval.views entry {entry!r} is not a view name; write a view or views joined with +")
+        parts = tuple(p.strip() for p in entry.split("+"))
+        if not all(parts):
+            raise UserError(f"eval.views entry {entry!r} has an empty part; join view names with one +, e.g. rgb+flow")
+        for p in parts:
+            if p not in known:
+                raise UserError(f"eval.views entry {entry!r}: {p!r} is not a view of the config; eval.views must "
+                                f"name views of the config (views: {known}), e.g. eval.views=[rgb]")  # fmt: skip
+            if parts.count(p) > 1:
+                raise UserError(f"eval.views entry {entry!r} names {p} twice; name each view once in an entry")
+        key = "+".join(parts)
+        if key in parsed:
+            raise UserError(f"eval.views lists {key!r} twice; list each entry once")
+        parsed[key] = parts
+    return parsed
+
+
+def entry_views(entries: dict[str, tuple[str, ...]]) -> list[str]:
+    """Every view of the entries once, in order of first appearance: their features are extracted once."""
+    return list(dict.fromkeys(v for parts in entries.values() for v in parts))
+
+
+def entry_features(x: torch.Tensor, dims: dict[str, int], parts) -> torch.Tensor:
+    """One entry's features (..., sum of its views' D): the slices of `parts` out of x (..., sum of dims),
+    which holds the views of `dims` ({view: D}) concatenated in dims' order, joined in the entry's order."""
+    bounds, start = {}, 0
+    for name, d in dims.items():
+        bounds[name], start = (start, start + d), start + d
+    if start != x.shape[-1]:
+        raise ValueError(f"features of width {x.shape[-1]} do not hold the views {dims} (width {start})")
+    return torch.cat([x[..., bounds[p][0] : bounds[p][1]] for p in parts], dim=-1)
+
+
 # ----------------------------------------------------------------------------- setup
 @dataclass
 class EvalSetup:
     cfg: DictConfig
     device: torch.device
     index: DatasetIndex
-    views: dict[str, View]
+    entries: dict[str, tuple[str, ...]]  # eval.views entry -> its views, in order (parse_entries)
+    views: dict[str, View]  # every view of the entries, once
     encoders: dict[str, nn.Module]
     lengths: dict
     checkpoint: str | None  # None: random init
@@ -116,15 +165,13 @@ def load_encoders(views: dict[str, View], checkpoint: Path | None) -> dict[str, 
 
 
 def prepare(cfg: DictConfig, checkpoint, *, random_init: bool, names=None) -> EvalSetup:
-    """Dataset, views, encoders (frozen weights loaded) and video lengths for an evaluation."""
+    """Dataset, views, encoders (frozen weights loaded) and video lengths for an evaluation of the
+    entries `names` (default cfg.eval.views; see parse_entries): one encoder per view of the entries."""
     from mvcoding.train import pick_device
 
     e = cfg.eval
-    names = list(e.views if names is None else names)
-    missing = [n for n in names if n not in (cfg.views or {})]
-    if not names or missing:
-        raise UserError(f"eval.views={names} must name views of the config (views: {list(cfg.views or {})}); "
-                        "set eval.views=[rgb] or add the view under views:")  # fmt: skip
+    entries = parse_entries(list(e.views if names is None else names), list(cfg.views or {}))
+    names = entry_views(entries)
     for key in ("clips", "train_clips"):
         if int(e[key]) < 1:
             raise UserError(f"eval.{key}={e[key]} must be at least 1")
@@ -141,11 +188,11 @@ def prepare(cfg: DictConfig, checkpoint, *, random_init: bool, names=None) -> Ev
     torch.manual_seed(cfg.seed)  # random-init encoders are the same on every run
     encoders = load_encoders(views, path)
     lengths = video_lengths(index.train + index.test, cfg)
-    log.info("evaluating views %s (%s) on %s split %d: %d train / %d test videos, %d classes", names,
+    log.info("evaluating %s (%s) on %s split %d: %d train / %d test videos, %d classes", list(entries),
              path or "random init", index.name, index.split, len(index.train), len(index.test),
              len(index.classes))  # fmt: skip
     sha = sha256_file(path) if path is not None else None
-    return EvalSetup(cfg, pick_device(cfg.device), index, views, encoders, lengths,
+    return EvalSetup(cfg, pick_device(cfg.device), index, entries, views, encoders, lengths,
                      str(path) if path else None, sha)  # fmt: skip
 
 
@@ -175,24 +222,27 @@ def eval_loader(s: EvalSetup, records, views: dict[str, View], clips: int):
 
 @torch.no_grad()
 def run_clips(modules: dict[str, nn.Module], loader, device: torch.device, desc: str, views=None) -> dict:
-    """Outputs of every eval clip and crop: {"x": (N, K, D) (views concatenated), "label", "video"} (N,).
+    """Outputs of every eval clip and crop: {"x": (N, K, D) (the modules' outputs concatenated in their
+    order), "label", "video" (N,), "dims": {name: its width in x}} (entry_features takes x apart).
     views: {name: View} whose device_transform turns the loader's items into the modules' input."""
     for m in modules.values():
         m.to(device).eval()
-    xs, labels, videos = [], [], []
+    xs, labels, videos, dims = [], [], [], {}
     for batch in progress(loader, desc=desc):
         parts = []
         for name, module in modules.items():
             x = to_model(views[name] if views is not None else None, batch[name], device)  # (B, K, ...)
             parts.append(module(x.flatten(0, 1)).float().view(x.shape[0], x.shape[1], -1).cpu())
+            dims[name] = parts[-1].shape[-1]
         xs.append(torch.cat(parts, dim=-1))
         labels.append(batch["label"])
         videos.append(batch["video"])
-    return {"x": torch.cat(xs), "label": torch.cat(labels), "video": torch.cat(videos)}
+    return {"x": torch.cat(xs), "label": torch.cat(labels), "video": torch.cat(videos), "dims": dims}
 
 
 def clip_features(s: EvalSetup, out: Path) -> dict:
-    """Frozen features {"train": ..., "test": ...} (see run_clips), cached in out/features.pt.
+    """Frozen features {"train": ..., "test": ...} (see run_clips) of every view of the entries, each
+    view's encoder run once, cached in out/features.pt; entry_features(x, dims, parts) gives an entry's.
 
     The cache is reused when everything that shapes the features is the same (checkpoint hash, views
     and their settings, clip sampling, dataset and split videos)."""
@@ -206,7 +256,7 @@ def clip_features(s: EvalSetup, out: Path) -> dict:
     path = out / "features.pt"
     if path.is_file():
         cached = load_safe(path)
-        if cached.get("key") == json.loads(json.dumps(key)):
+        if cached.get("key") == json.loads(json.dumps(key)) and "dims" in cached.get("train", {}):
             log.info("reusing the features in %s", path)
             return cached
         log.info("the features in %s were made differently; extracting again", path)

@@ -11,8 +11,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 from mvcoding.data import EpochSampler, MultiViewClips, loader_options, make_loader
-from mvcoding.eval.features import eval_loader, prepare, progress, run_clips
-from mvcoding.eval.report import log_metrics, protocol, report, start_run
+from mvcoding.errors import UserError
+from mvcoding.eval.features import eval_loader, parse_entries, prepare, progress, run_clips
+from mvcoding.eval.report import finish_entries, log_metrics, protocol, report, start_run
 from mvcoding.files import save_atomic
 from mvcoding.optim import build_optimizer, lr_factor
 from mvcoding.registry import to_model
@@ -21,12 +22,18 @@ log = logging.getLogger(__name__)
 
 
 def finetune(cfg: DictConfig, out: Path) -> dict:
-    """Fine-tune the encoder of cfg.eval.views[0] with a new dropout + linear head, train-time
-    augmentation and a backbone lr of lr * backbone_lr_mult; test with multi-clip sampling."""
+    """Fine-tune the encoder of the first entry of cfg.eval.views (a single view: one encoder is trained;
+    later entries are ignored with a warning) with a new dropout + linear head, train-time augmentation
+    and a backbone lr of lr * backbone_lr_mult; test with multi-clip sampling."""
     ft = cfg.eval.finetune
-    if len(cfg.eval.views) > 1:
-        log.warning("finetune trains one encoder: using %s of eval.views=%s", cfg.eval.views[0], list(cfg.eval.views))
-    s = prepare(cfg, cfg.checkpoint, random_init=bool(cfg.eval.random_init), names=list(cfg.eval.views)[:1])
+    entries = parse_entries(list(cfg.eval.views), list(cfg.views or {}))
+    first, parts = next(iter(entries.items()))
+    if len(parts) > 1:
+        raise UserError(f"finetune trains one encoder, but the first eval.views entry {first!r} joins "
+                        f"{len(parts)} views; put a single view first, e.g. eval.views=[{parts[0]}]")  # fmt: skip
+    if len(entries) > 1:
+        log.warning("finetune trains one encoder: using %s, the first entry of eval.views=%s", first, list(entries))
+    s = prepare(cfg, cfg.checkpoint, random_init=bool(cfg.eval.random_init), names=[first])
     out = start_run(cfg, out)
     name = next(iter(s.views))
     encoder = s.encoders[name]
@@ -77,4 +84,6 @@ def finetune(cfg: DictConfig, out: Path) -> dict:
     proto = protocol(s, [name], epochs=int(ft.epochs), lr=ft.lr, backbone_lr_mult=ft.backbone_lr_mult,
                      dropout=ft.dropout, batch_size=b, optimizer=ft.optimizer, train_scale=list(cfg.data.scale),
                      train_flip=bool(cfg.data.flip))  # fmt: skip
-    return report(s, out, "finetune", test, proto, ["finetuned.pt", "metrics.jsonl"])
+    files = ["finetuned.pt", "metrics.jsonl"]
+    record = report(s, out, "finetune", test, proto, files, entry=name)
+    return finish_entries(out, {name: record}, files=["results.json", "probs.pt", "confusion.png", *files])["metrics"]

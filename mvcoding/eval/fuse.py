@@ -38,7 +38,8 @@ def fuse(result_a, result_b, out: Path | None = None) -> Path:
     """Two-stream late fusion: average the per-video class probabilities of two classifiers (say linear
     probes on the rgb and the flow encoders) and report the fused accuracy; returns the output folder.
 
-    result_a/b: results.json paths (or their folders) of linear/finetune runs on the same test videos.
+    result_a/b: results.json paths (or their folders) of linear/finetune runs on the same test videos;
+    the <entry>/ folders of a linear run with several eval.views entries are results too (RUN/rgb RUN/flow).
     Writes results.json, probs.pt, confusion.png and summary.md into `out` (default runs/fuse-<timestamp>).
     results.json's "checkpoint" is the streams' common checkpoint, or the list of both when they differ.
     """

@@ -1,4 +1,4 @@
-"""The linear probe: a linear classifier on the frozen, standardised features of eval.views."""
+"""The linear probe: a linear classifier on the frozen, standardised features of each eval.views entry."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from mvcoding.eval.features import clip_features, prepare
-from mvcoding.eval.report import log_metrics, protocol, report, start_run
+from mvcoding.eval.features import EvalSetup, clip_features, entry_features, prepare
+from mvcoding.eval.report import entry_folder, finish_entries, log_metrics, protocol, report, start_run
 from mvcoding.files import save_atomic
 from mvcoding.optim import build_optimizer, lr_factor
 
@@ -20,9 +20,10 @@ log = logging.getLogger(__name__)
 
 
 def train_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, lcfg, *, seed: int, device: torch.device,
-                 out: Path | None = None) -> nn.Linear:  # fmt: skip
+                 out: Path | None = None, entry: str | None = None) -> nn.Linear:  # fmt: skip
     """A linear classifier on standardised features x (N, D) with labels y (N,): minibatch (or full
-    batch when lcfg.batch_size is null or >= N) SGD with momentum 0.9, Adam or AdamW, cosine-decayed lr."""
+    batch when lcfg.batch_size is null or >= N) SGD with momentum 0.9, Adam or AdamW, cosine-decayed lr.
+    Progress lines go to out/metrics.jsonl (with "entry" when given)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     x, y = x.to(device), y.to(device)
@@ -51,34 +52,49 @@ def train_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, lcfg, *, se
             correct += (logits.argmax(1) == y[idx]).sum().item()
         if (epoch + 1) % every == 0 or epoch + 1 == lcfg.epochs:
             rec = {"epoch": epoch + 1, "step": step, "loss": loss_sum / n, "train_top1": correct / n,
-                   "lr": sched.get_last_lr()[0]}  # fmt: skip
-            log.info("linear classifier epoch %d/%d: loss %.4f, train top-1 %.1f%%", epoch + 1, lcfg.epochs,
-                     rec["loss"], 100 * rec["train_top1"])  # fmt: skip
+                   "lr": sched.get_last_lr()[0]} | ({} if entry is None else {"entry": entry})  # fmt: skip
+            log.info("linear classifier %sepoch %d/%d: loss %.4f, train top-1 %.1f%%", f"{entry} " if entry else "",
+                     epoch + 1, lcfg.epochs, rec["loss"], 100 * rec["train_top1"])  # fmt: skip
             if out is not None:
                 log_metrics(out, rec)
     return clf.eval()
 
 
 def linear_probe(cfg: DictConfig, checkpoint: str | None, out: Path, random_init: bool = False) -> dict:
-    """Linear probe on the frozen encoders of cfg.eval.views (features concatenated); writes the
-    linear files (module docstring) into `out` and returns the metrics dict."""
+    """Linear probe on the frozen encoders of each cfg.eval.views entry (an entry's views' features
+    concatenated), every view's features extracted once; writes the linear files (mvcoding.eval and
+    mvcoding.eval.report: entries) into `out` and returns the first entry's metrics."""
     s = prepare(cfg, checkpoint, random_init=random_init)
     out = start_run(cfg, out)
     feats = clip_features(s, out)
+    records = {}
+    for entry, parts in s.entries.items():
+        folder = entry_folder(out, entry, s.entries)
+        records[entry] = probe_entry(s, feats, entry, parts, out=out, folder=folder)
+    files = ["results.json", "probs.pt", "confusion.png", "features.pt", "classifier.pt", "metrics.jsonl"]
+    return finish_entries(out, records, files=files, copy=["probs.pt", "classifier.pt", "confusion.png"])["metrics"]
+
+
+def probe_entry(s: EvalSetup, feats: dict, entry: str, parts, *, out: Path, folder: Path) -> dict:
+    """The probe of one entry on its slice of the features (clip_features); writes classifier.pt and the
+    classification files into `folder` (training lines into out/metrics.jsonl); returns its record."""
     train, test = feats["train"], feats["test"]
-    k = train["x"].shape[1]
-    x = train["x"].flatten(0, 1)  # (N_train * K, D): every train clip and crop is a sample
+    x_train = entry_features(train["x"], train["dims"], parts)  # (N_train, K, D)
+    x_test = entry_features(test["x"], test["dims"], parts)
+    k = x_train.shape[1]
+    x = x_train.flatten(0, 1)  # (N_train * K, D): every train clip and crop is a sample
     y = train["label"].repeat_interleave(k)
     mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
-    clf = train_linear((x - mean) / std, y, len(s.index.classes), cfg.eval.linear, seed=cfg.seed, device=s.device,
-                       out=out)  # fmt: skip
+    lc = s.cfg.eval.linear
+    clf = train_linear((x - mean) / std, y, len(s.index.classes), lc, seed=s.cfg.seed, device=s.device, out=out,
+                       entry=entry)  # fmt: skip
     with torch.no_grad():
-        scores = clf(((test["x"] - mean) / std).to(s.device)).cpu()  # (N_test, K, C)
+        scores = clf(((x_test - mean) / std).to(s.device)).cpu()  # (N_test, K, C)
     weights = {"weight": clf.weight.detach().cpu(), "bias": clf.bias.detach().cpu(), "mean": mean, "std": std}
-    save_atomic(weights | {"views": list(s.views), "classes": s.index.classes}, out / "classifier.pt")
-    lc = cfg.eval.linear
-    proto = protocol(s, s.views, train_clips=int(cfg.eval.train_clips), epochs=int(lc.epochs), lr=lc.lr,
+    folder.mkdir(parents=True, exist_ok=True)
+    save_atomic(weights | {"views": list(parts), "classes": s.index.classes}, folder / "classifier.pt")
+    proto = protocol(s, parts, train_clips=int(s.cfg.eval.train_clips), epochs=int(lc.epochs), lr=lc.lr,
                      weight_decay=lc.weight_decay, batch_size=lc.batch_size,
                      optimizer=lc.optimizer)  # fmt: skip
-    return report(s, out, "linear", test | {"x": scores}, proto,
-                                 ["features.pt", "classifier.pt", "metrics.jsonl"])  # fmt: skip
+    files = ["classifier.pt"] if folder != out else ["features.pt", "classifier.pt", "metrics.jsonl"]
+    return report(s, folder, "linear", test | {"x": scores}, proto, files, entry=entry)

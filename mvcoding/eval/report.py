@@ -9,13 +9,25 @@ results.json (one per evaluation; the contract keys are task, metrics, checkpoin
                                                                          ("video" or "clip") and how
      "checkpoint": PATH or null (random init), "checkpoint_sha256": HEX or null,
      "split": 1, "dataset": "ucf101", "protocol": {views, clips, crops, epochs, lr, ...},
-     "num_train": N, "num_test": M, "num_classes": C}
+     "num_train": N, "num_test": M, "num_classes": C,
+     "entry": "rgb",                                    the eval.views entry of metrics, level, protocol
+     "entries": {"rgb": {"views": ["rgb"], "metrics": {...}},            every entry of eval.views, in
+                 "flow": {...}, "rgb+flow": {"views": ["rgb", "flow"], "metrics": {...}}}}   its order
+
+Entries. Each eval.views entry (a view, or views joined with + whose features are concatenated) is
+evaluated on its own. The top level of the run directory is the first entry's evaluation, as a
+one-entry run writes it (results.json's metrics, probs.pt, classifier.pt, confusion.png,
+retrieval.png), with "entries" in results.json; with several entries each one (the first too) also
+has a folder <entry>/ (e.g. rgb+flow/) with its own results.json ("entry", no "entries"), summary.md
+and files, so `mvcoding eval fuse RUN/rgb RUN/flow` fuses two entries of one run. finetune trains
+one encoder: the first entry's. fuse's results.json has neither key (entry_metrics reads either).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +35,7 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig, OmegaConf
 
 from mvcoding.eval.metrics import classification_metrics, confusion_matrix
-from mvcoding.files import save_atomic, write_text_atomic
+from mvcoding.files import save_atomic, write_atomic, write_text_atomic
 from mvcoding.plots import plot_confusion
 
 if TYPE_CHECKING:
@@ -68,6 +80,15 @@ def _rounded(x):
 def write_summary(out: Path, record: dict, *, files: Sequence[str], notes: Sequence[str] = ()) -> Path:
     """summary.md: the metrics table with each metric's level, then where the numbers come from."""
     lines = [f"# {record['task']} evaluation", ""]
+    entries = record.get("entries") or {}
+    if len(entries) > 1:
+        keys = list(dict.fromkeys(k for e in entries.values() for k in e["metrics"]))
+        lines += ["Every entry of eval.views, evaluated on its own (files in <entry>/):", ""]
+        lines += ["| entry | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        for name, e in entries.items():
+            cells = " | ".join(f"{e['metrics'][k]:.1%}" if k in e["metrics"] else "" for k in keys)
+            lines.append(f"| {name} | {cells} |")
+        lines += ["", f"The first entry, {record['entry']} (the files beside this one):", ""]
     lines += ["| metric | value | level |", "|---|---|---|"]
     for k, v in record["metrics"].items():
         value = f"{v:.1%}" if isinstance(v, float) else str(v)
@@ -92,8 +113,9 @@ def write_summary(out: Path, record: dict, *, files: Sequence[str], notes: Seque
 
 
 def results_record(task: str, metrics: dict, level: dict, index, checkpoint: str | None, sha256: str | None,
-                   protocol: dict) -> dict:  # fmt: skip
-    """The results.json record (format in the module docstring); index: the DatasetIndex evaluated."""
+                   protocol: dict, *, entry: str | None = None) -> dict:  # fmt: skip
+    """The results.json record (format in the module docstring) of one entry; index: the DatasetIndex
+    evaluated. finish_entries adds "entries"."""
     return {
         "task": task,
         "metrics": metrics,
@@ -106,14 +128,45 @@ def results_record(task: str, metrics: dict, level: dict, index, checkpoint: str
         "num_train": len(index.train),
         "num_test": len(index.test),
         "num_classes": len(index.classes),
-    }
+    } | ({} if entry is None else {"entry": entry})
+
+
+def entry_folder(out: Path, entry: str, entries) -> Path:
+    """Where an entry's files go: `out` for the only entry, out/<entry>/ when there are several."""
+    return Path(out) if len(entries) == 1 else Path(out) / entry
+
+
+def finish_entries(out: Path, records: dict[str, dict], *, files: Sequence[str], copy: Sequence[str] = (),
+                   notes: Sequence[str] = ()) -> dict:  # fmt: skip
+    """The top level of an evaluation of the entries of `records` ({entry: its results.json record, in
+    eval.views order}, each written in entry_folder): results.json (the first entry's record with
+    "entries") and summary.md; with several entries, the first one's files `copy` from its folder too.
+    Returns the top-level record."""
+    first = next(iter(records))
+    entries = {name: {"views": r["protocol"]["views"], "metrics": r["metrics"]} for name, r in records.items()}
+    record = records[first] | {"entry": first, "entries": entries}
+    if len(records) > 1:
+        for name in copy:
+            src = Path(out) / first / name
+            write_atomic(Path(out) / name, lambda tmp, src=src: shutil.copyfile(src, tmp))
+    write_results(Path(out), record)
+    write_summary(Path(out), record, files=files, notes=notes)
+    return record
+
+
+def entry_metrics(results: dict) -> dict[str, dict]:
+    """{entry: metrics} of a results.json: its "entries", or for one without them (fuse, or written
+    before entries) {its protocol's views joined with +: its metrics}."""
+    if isinstance(results.get("entries"), dict):
+        return {name: e.get("metrics", {}) for name, e in results["entries"].items()}
+    return {"+".join((results.get("protocol") or {}).get("views") or []): results.get("metrics", {})}
 
 
 def report_classification(out: Path, task: str, run: dict, index, *, checkpoint: str | None, sha256: str | None,
-                          protocol: dict, files: Sequence[str]) -> dict:  # fmt: skip
+                          protocol: dict, files: Sequence[str], entry: str | None = None) -> dict:  # fmt: skip
     """Metrics of a classifier from its test-clip logits run["x"] (N, K, C) over K crops, with
     run["label"], run["video"] (N,): softmax, mean over crops (clip level), mean over clips (video
-    level). Writes probs.pt, results.json, confusion.png and summary.md; returns the metrics."""
+    level). Writes probs.pt, results.json, confusion.png and summary.md; returns the results.json record."""
     clip_probs = run["x"].softmax(-1).mean(1)  # (N, C)
     crops = run["x"].shape[1]
     metrics, level, probs, labels = classification_metrics(clip_probs, run["label"], run["video"], crops=crops)
@@ -129,11 +182,11 @@ def report_classification(out: Path, task: str, run: dict, index, *, checkpoint:
         "views": protocol["views"],
         "task": task,
     }
-    record = results_record(task, metrics, level, index, checkpoint, sha256, protocol)
+    record = results_record(task, metrics, level, index, checkpoint, sha256, protocol, entry=entry)
     write_classification(out, record, saved, files=files)
-    log.info("%s: video top-1 %.1f%%, clip top-1 %.1f%% (%s)", task, 100 * metrics["video_top1"],
-             100 * metrics["clip_top1"], out / "results.json")  # fmt: skip
-    return metrics
+    log.info("%s %s: video top-1 %.1f%%, clip top-1 %.1f%% (%s)", task, entry or "+".join(protocol["views"]),
+             100 * metrics["video_top1"], 100 * metrics["clip_top1"], out / "results.json")  # fmt: skip
+    return record
 
 
 def write_classification(out: Path, record: dict, saved: dict, *, files: Sequence[str] = (), notes=()) -> None:
@@ -158,7 +211,8 @@ def protocol(s: EvalSetup, names, **extra) -> dict:
     return base | {"stride": d.stride, "size": d.size, "random_init": s.checkpoint is None, **extra}
 
 
-def report(s: EvalSetup, out: Path, task: str, run: dict, proto: dict, files: list[str]) -> dict:
-    """Classification metrics and files from the test clips' logits run["x"] (N, K, C) (report_classification)."""
+def report(s: EvalSetup, out: Path, task: str, run: dict, proto: dict, files: list[str], *, entry: str) -> dict:
+    """Classification metrics and files of one entry from the test clips' logits run["x"] (N, K, C)
+    (report_classification); returns its results.json record."""
     return report_classification(out, task, run, s.index, checkpoint=s.checkpoint, sha256=s.sha256,
-                                 protocol=proto, files=files)  # fmt: skip
+                                 protocol=proto, files=files, entry=entry)  # fmt: skip
