@@ -2,7 +2,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-slow lint bench install
+.PHONY: demo demo-record test test-slow lint bench install
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -15,6 +15,10 @@ install: $(VENV)/.installed
 
 demo: install
 	$(BIN)/mvcoding demo
+
+# the demo, also writing experiments/results/demo.json: the numbers the README quotes (tests/test_demo.py)
+demo-record: install
+	$(BIN)/mvcoding demo --record
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -3,7 +3,7 @@
 mvcoding train CONFIG.yaml [key=value ...]
 mvcoding eval {linear,finetune,retrieval} CONFIG.yaml checkpoint=PATH [key=value ...]
 mvcoding eval fuse RESULT_A RESULT_B [--out DIR]
-mvcoding demo [key=value ...]
+mvcoding demo [--record] [key=value ...]
 mvcoding sweep SPEC.yaml [--only CELL ...] [--dry-run | --report] [--out DIR]
 mvcoding precompute VIEW|all CONFIG.yaml [key=value ...]
 mvcoding cache status CONFIG.yaml [key=value ...]
@@ -43,6 +43,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     u.add_argument("--out", default=None, metavar="DIR", help="the output folder (default runs/fuse-<timestamp>)")
     d = sub.add_parser("demo", help="synthetic data -> flow cache -> CMC pretraining -> linear probe, on the CPU")
     d.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
+    d.add_argument("--record", action="store_true", help="also write experiments/results/demo.json (README numbers)")
     sub.add_parser("views", help="list the registered views, where they come from, and which are cached")
     g = sub.add_parser("config", help="print the resolved configuration (YAML) that train would run")
     g.add_argument("config", help="a packaged config's name (e.g. synthetic_rgb_flow) or a YAML path")
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "demo":
         from mvcoding.demo import demo
 
-        demo(args.overrides)
+        demo(args.overrides, record=args.record)
     elif args.command == "sweep":
         from mvcoding.sweep import sweep
 

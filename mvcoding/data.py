@@ -155,12 +155,15 @@ class EpochSampler(Sampler):
     """A seeded permutation per epoch, cut into global batches of batch_size x world items.
 
     Rank r takes items [r * batch_size, (r + 1) * batch_size) of every global batch, so a step sees
-    the same global batch whatever the number of processes. Incomplete global batches are dropped.
+    the same global batch whatever the number of processes. Incomplete global batches are dropped;
+    with pad=True the order is instead completed with its own first items, so every item is visited.
     `set_epoch(epoch, skip)` starts mid-epoch, for resume.
     """
 
-    def __init__(self, n: int, *, seed: int, shuffle: bool, rank: int = 0, world: int = 1, batch_size: int = 1):
+    def __init__(self, n: int, *, seed: int, shuffle: bool, rank: int = 0, world: int = 1, batch_size: int = 1,
+                 pad: bool = False):  # fmt: skip
         self.n, self.seed, self.shuffle, self.rank, self.world, self.b = n, seed, shuffle, rank, world, batch_size
+        self.pad = pad
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -174,6 +177,8 @@ class EpochSampler(Sampler):
         else:
             order = list(range(self.n))
         gb = self.b * self.world
+        if self.pad:
+            order += (order * gb)[: -len(order) % gb]  # to a whole number of global batches
         return [
             i
             for start in range(0, len(order) - gb + 1, gb)

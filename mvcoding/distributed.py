@@ -91,6 +91,17 @@ def all_gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)], dim=0), sum(sizes[: rank()])
 
 
+def all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of `x` over ranks (a new tensor) with gradients: the backward pass sums every
+    rank's gradient of the result back into each rank's `x`, so a statistic of the global batch built from
+    it differentiates as one process's would. `x` itself without a group."""
+    if not is_dist():
+        return x
+    import torch.distributed.nn.functional as dist_nn
+
+    return dist_nn.all_reduce(x)
+
+
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     """The element-wise mean of `x` over ranks (a new tensor); `x` itself without a group."""
     if not is_dist():

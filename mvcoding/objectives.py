@@ -28,6 +28,8 @@ from mvcoding.distributed import all_gather_cat, all_gather_with_grad, rank
 from mvcoding.errors import UserError
 
 GRAPHS = ("core", "full")
+BANK_INITS = ("random", "fill")
+POSITIVES = ("bank", "fresh")
 NEGATIVES = ("memory_bank", "in_batch")
 SCORES = ("softmax", "nce")
 
@@ -121,6 +123,16 @@ def _logits_at(z: Tensor, bank: Tensor, idx: Tensor, tau: float) -> Tensor:
     return logits / tau  # (B, K+1)
 
 
+def fresh_positive(logits: Tensor, z_a: Tensor, z_b: Tensor, tau: float) -> Tensor:
+    """logits (B, K+1) from `bank_logits` with column 0 replaced by z_a[i] . z_b[i] / tau, the positive
+    scored against the other view's embedding of this step (both get its gradient) instead of its bank row.
+
+    z_a, z_b: (B, D). The negatives (columns 1..K) stay the bank's rows.
+    """
+    positive = (z_a * z_b).sum(1, keepdim=True) / tau  # (B, 1)
+    return torch.cat([positive, logits[:, 1:]], dim=1)  # (B, K+1): positive first
+
+
 def mean_pairwise_cosine(rows: Tensor) -> Tensor:
     """Mean of rows[i] . rows[j] over pairs i != j, for unit rows (N, D), N >= 2, in O(N D).
 
@@ -196,8 +208,10 @@ class CMCObjective(nn.Module):
     `update(z, index)` after `loss.backward()` (the backward pass reads the banks).
 
     State (in state_dict, so checkpointed): `banks.<view>` (N, D) per view, initialised to random
-    unit vectors from `seed` (the same on every rank); for score="nce", `log_z` (pairs, 2), the log
-    of the normalising constant Z for each pair and direction (column 0: a against b's bank).
+    unit vectors from `seed` (the same on every rank); with bank_init="fill" the trainer then writes
+    every row with a real embedding before the first step (`needs_fill`, `fill`); for score="nce",
+    `log_z` (pairs, 2), the log of the normalising constant Z for each pair and direction (column 0:
+    a against b's bank).
 
     Where this differs from the original CMC (HobbitLong/CMC):
     - NCE's Z: the original estimates Z once, from the first training batch (mean(exp(s/tau)) * N),
@@ -221,9 +235,15 @@ class CMCObjective(nn.Module):
         tau: float = 0.07,
         momentum: float = 0.5,
         z_momentum: float = 1.0,
+        bank_init: str = "random",
+        positives: str = "bank",
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if positives not in POSITIVES:
+            raise UserError(f"objective.positives={positives!r} is not one of {list(POSITIVES)}")
+        if bank_init not in BANK_INITS:
+            raise UserError(f"objective.bank_init={bank_init!r} is not one of {list(BANK_INITS)}")
         if negatives not in NEGATIVES:
             raise UserError(f"objective.negatives={negatives!r} is not one of {list(NEGATIVES)}")
         if score not in SCORES:
@@ -241,6 +261,8 @@ class CMCObjective(nn.Module):
         self.graph, self.negatives, self.score = graph, negatives, score
         self.n_data, self.K, self.tau = n_data, K, tau
         self.momentum, self.z_momentum = momentum, z_momentum
+        self.positives = positives
+        self.needs_fill = negatives == "memory_bank" and bank_init == "fill"  # the trainer runs fill() first
         self._last: tuple[dict[str, Tensor], Tensor] | None = None  # (z, index) of the last loss(), for update()
 
         self.banks = nn.Module()
@@ -295,6 +317,8 @@ class CMCObjective(nn.Module):
                         loss = softmax_loss = info_nce(z[anchor], candidates, self.tau, offset)
                     else:
                         logits = _logits_at(z[anchor], self.banks.get_buffer(other), idx, self.tau)  # (B, K+1)
+                        if self.positives == "fresh":  # the other view's embedding of this step, with its gradient
+                            logits = fresh_positive(logits, z[anchor], z[other], self.tau)  # (B, K+1)
                         softmax_loss = nce_softmax_loss(logits)
                         loss = softmax_loss if self.score == "softmax" else self._nce(logits, p, d)
                     losses.append(loss)
@@ -346,6 +370,17 @@ class CMCObjective(nn.Module):
         index = all_gather_cat(index)  # (B * world,)
         for v in self.views:
             update_bank(self.banks.get_buffer(v), index, all_gather_cat(z[v].detach()), self.momentum)
+
+    @torch.no_grad()
+    def fill(self, z: dict[str, Tensor], index: Tensor) -> None:
+        """bank[index] = z for every view (momentum 0), with the embeddings and indices of all ranks.
+
+        z: {view: (B, D)} L2-normalised, index: (B,). The fill pass before the first step calls it
+        once per batch of one no-grad pass over the training set.
+        """
+        index = all_gather_cat(index)  # (B * world,)
+        for v in self.views:
+            update_bank(self.banks.get_buffer(v), index, all_gather_cat(z[v].detach()), 0.0)
 
 
 # --- cross-view prediction baseline -------------------------------------------------------------
@@ -408,6 +443,7 @@ class PredictiveObjective(nn.Module):
     """
 
     uses_whole_model = False  # only the source encoder, no projection head
+    needs_fill = False
 
     def __init__(
         self, *, source: str, target: str, kind: str, in_features: int, out_shape: tuple[int, int, int, int]
@@ -439,6 +475,7 @@ class SupervisedObjective(nn.Module):
     """
 
     uses_whole_model = False  # only this view's encoder, no projection head
+    needs_fill = False
 
     def __init__(self, *, view: str, in_features: int, num_classes: int) -> None:
         super().__init__()
@@ -477,7 +514,19 @@ def build_objective(
     """
     views = list(views)
     if o.name == "cmc":
-        keys = ("graph", "anchor", "negatives", "score", "dim", "K", "tau", "momentum", "z_momentum")
+        keys = (
+            "graph",
+            "anchor",
+            "negatives",
+            "score",
+            "dim",
+            "K",
+            "tau",
+            "momentum",
+            "z_momentum",
+            "bank_init",
+            "positives",
+        )
         return CMCObjective(views=views, n_data=n_data, **{k: o[k] for k in keys})
     if o.name == "predictive":
         p = o.predict or {}

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mvcoding.errors import UserError
-from mvcoding.objectives import GRAPHS, NEGATIVES, OBJECTIVES, SCORES
+from mvcoding.model import HEAD_NORMS
+from mvcoding.objectives import BANK_INITS, GRAPHS, NEGATIVES, OBJECTIVES, POSITIVES, SCORES
 from mvcoding.optim import OPTIMIZERS, SCHEDULES
 
 
@@ -120,6 +121,7 @@ SCHEMA: dict[str, Rule] = {
     "train.channels_last": AUTO_BOOL,
     "train.clip_grad": number(0, lo_open=True, null=True),
     "train.monitor_every": integer(0),
+    "train.sync_bn": AUTO_BOOL,
     "objective.name": choice(*OBJECTIVES),
     "objective.graph": choice(*GRAPHS),
     "objective.anchor": TEXT,
@@ -128,7 +130,10 @@ SCHEMA: dict[str, Rule] = {
     "objective.K": integer(1),
     "objective.tau": number(0, lo_open=True),
     "objective.momentum": number(0, 1),
-    "objective.center": AUTO_BOOL,
+    "objective.bank_init": choice(*BANK_INITS),
+    "objective.positives": choice(*POSITIVES),
+    "objective.head_norm": choice("auto", *HEAD_NORMS),
+    "objective.center": AUTO_BOOL,  # deprecated alias of head_norm (true: center, false: none)
     "objective.dim": integer(1),
     "objective.z_momentum": number(0, 1),
     "objective.predict": PREDICT,

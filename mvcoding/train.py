@@ -34,7 +34,7 @@ from mvcoding.data import EpochSampler, MultiViewClips, loader_options, make_loa
 from mvcoding.datasets import DatasetIndex, load_dataset
 from mvcoding.errors import Stopped, UserError
 from mvcoding.files import load_safe, save_atomic, write_atomic, write_text_atomic
-from mvcoding.model import MultiViewModel, build_views, resolved_device
+from mvcoding.model import HEAD_NORMS, MultiViewModel, build_views, resolved_device, sync_batchnorm
 from mvcoding.monitor import Monitor, make_monitor, monitor_every
 from mvcoding.objectives import CMCObjective, build_objective
 from mvcoding.optim import build_optimizer, lr_factor
@@ -43,13 +43,34 @@ from mvcoding.registry import View, model_input, to_model
 log = logging.getLogger(__name__)
 
 
-def center_setting(o: DictConfig) -> bool:
-    """objective.center: auto (on with a memory bank, see mvcoding.model.center_embeddings) | true | false."""
-    if o.get("center", "auto") == "auto":
-        return o.name == "cmc" and o.negatives == "memory_bank"
-    if not isinstance(o.center, bool):
-        raise UserError(f"objective.center={o.center!r} is not valid; choose auto, true or false")
-    return o.center
+def head_norm_setting(o: DictConfig) -> str:
+    """objective.head_norm resolved (none | center | batchnorm: mvcoding.model.MultiViewModel); auto is center
+    with a memory bank (mvcoding.model.center_embeddings says why), none otherwise. objective.center, its
+    deprecated alias, still counts: true is center, false is none; a UserError if it contradicts head_norm."""
+    norm, center = o.get("head_norm", "auto"), o.get("center", "auto")
+    if center != "auto":
+        if not isinstance(center, bool):
+            raise UserError(f"objective.center={center!r} is not valid; drop it and set objective.head_norm")
+        alias = "center" if center else "none"
+        if norm not in ("auto", alias):
+            raise UserError(
+                f"objective.center={str(center).lower()} (deprecated: head_norm={alias}) contradicts "
+                f"objective.head_norm={norm}; drop objective.center"
+            )
+        if dist.is_main():
+            log.warning("objective.center is deprecated (gone next release); use objective.head_norm=%s", alias)
+        norm = alias
+    if norm == "auto":
+        return "center" if o.name == "cmc" and o.negatives == "memory_bank" else "none"
+    if norm not in HEAD_NORMS:
+        raise UserError(f"objective.head_norm={norm!r} is not valid; choose auto, {', '.join(HEAD_NORMS)}")
+    return norm
+
+
+def sync_bn_setting(t: DictConfig) -> bool:
+    """train.sync_bn resolved: auto is on under torchrun with more than one process."""
+    value = t.get("sync_bn", "auto")
+    return dist.world_size() > 1 if value == "auto" else bool(value)
 
 
 def pick_device(name: str) -> torch.device:
@@ -144,6 +165,7 @@ class Position:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
+    filled: int = 0  # batches of the bank fill pass done (objective.bank_init=fill), before step 0
 
 
 @dataclass
@@ -220,8 +242,15 @@ def build_data(
 
 
 def wrap_model(run: Run) -> nn.Module:
-    """The module the objective calls: DistributedDataParallel under torchrun; compiled with train.compile."""
+    """The module the objective calls: DistributedDataParallel under torchrun; compiled with train.compile.
+
+    With train.sync_bn (auto: under torchrun) run.model's BatchNorm layers first turn, in place, into ones
+    that normalise with the global batch's statistics, so N processes train as one with the global batch
+    does; names, parameters and buffers stay, so the checkpoint's keys are those of one process.
+    """
     net = run.model
+    if sync_bn_setting(run.cfg.train):
+        sync_batchnorm(net, device=run.device)
     if dist.world_size() > 1:
         net = nn.parallel.DistributedDataParallel(
             net,
@@ -241,7 +270,7 @@ def setup(cfg: DictConfig) -> tuple[Run, Position]:
     out = Path(dist.broadcast_object(str(out)))
 
     views = build_views(cfg)  # first: a misspelt view setting or an impossible encoder fails before any data work
-    model = MultiViewModel(views, cfg.objective.dim, center=center_setting(cfg.objective)).to(device)
+    model = MultiViewModel(views, cfg.objective.dim, head_norm=head_norm_setting(cfg.objective)).to(device)
     index, data, sampler, loader = build_data(cfg, views, device)
     steps_per_epoch = len(data) // (cfg.train.batch_size * dist.world_size())
     total = min(cfg.train.epochs * steps_per_epoch, cfg.train.max_steps or math.inf)
@@ -318,6 +347,7 @@ def checkpoint_state(run: Run, pos: Position) -> dict:
         "step": pos.step,
         "epoch": pos.epoch,
         "batch_in_epoch": pos.batch_in_epoch,
+        "filled": pos.filled,
         "config": OmegaConf.to_container(run.cfg, resolve=True),
         "views": list(run.views),
     }
@@ -378,6 +408,8 @@ def restore(run: Run, path: Path) -> Position:
         run.neg_gen.set_state(ckpt["neg_gen"])
         set_rng_state(ckpt["rng"])
         pos = Position(int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["batch_in_epoch"]))
+        # a checkpoint from before the fill pass existed, or one past step 0, has its bank filled by training
+        pos.filled = int(ckpt.get("filled", 0)) if pos.step == 0 and "filled" in ckpt else fill_batches(run)
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:
         raise UserError(f"resume={run.cfg.resume}: {path} is damaged ({type(e).__name__}: {e}); start a new run") from e
     if dist.is_main():
@@ -444,6 +476,8 @@ def train(cfg: DictConfig) -> Path:
     run, pos = setup(cfg)
     logger = MetricsLogger(run.out, cfg, run.steps_per_epoch) if dist.is_main() else None
     with StopOnSignal() as stop:
+        if pos.filled < fill_batches(run):
+            fill_banks(run, pos, stop)
         loop(run, pos, logger, stop)
     if monitor_every(cfg) and pos.batch_in_epoch:  # stopped inside an epoch (train.max_steps): score the end
         score_knn(run, pos, logger)
@@ -497,6 +531,63 @@ def loop(run: Run, pos: Position, logger: MetricsLogger | None, stop: StopOnSign
         if pos.step < run.total or pos.batch_in_epoch == run.steps_per_epoch:  # the epoch ran to its end
             pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
             end_of_epoch(run, pos, logger)
+
+
+FILL_EPOCH = 2**20  # the fill pass's clip sampling seed: an epoch number no run reaches
+
+
+def fill_batches(run: Run) -> int:
+    """Batches of the bank fill pass: every training item once (the last global batch padded); 0 without one."""
+    if not getattr(run.objective, "needs_fill", False):
+        return 0
+    return -(-len(run.data) // (run.cfg.train.batch_size * dist.world_size()))
+
+
+@torch.no_grad()
+def fill_banks(run: Run, pos: Position, stop: StopOnSignal) -> None:
+    """objective.bank_init=fill: one no-grad pass of the model (in training mode, so the embeddings are
+    made as the training steps make them) over every training item, writing each into the memory banks.
+
+    Resumable: pos.filled counts the batches done; a checkpoint every train.save_every batches, at the
+    end and on SIGTERM/SIGINT holds the banks so far, and a resumed run continues the pass there.
+    """
+    cfg, b, total = run.cfg, run.cfg.train.batch_size, fill_batches(run)
+    sampler = EpochSampler(len(run.data), seed=cfg.seed, shuffle=False, rank=dist.rank(), world=dist.world_size(),
+                           batch_size=b, pad=True)  # fmt: skip
+    sampler.set_epoch(0, skip=pos.filled * b)
+    loader = make_loader(run.data, sampler, batch_size=b, drop_last=True, **loader_options(cfg.data, run.device))
+    run.model.train()
+    run.data.epoch = FILL_EPOCH  # clips and crops of their own, not those of epoch 0
+    t0 = time.perf_counter()
+    bar = None
+    if dist.is_main():
+        log.info("filling the memory banks: %d batches of %d clips (objective.bank_init=fill)", total - pos.filled, b)
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=pos.filled, desc="bank fill", unit="batch", file=sys.stderr, leave=False)
+    for batch in loader:
+        batch = to_device(run, batch)
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
+            z = run.net(batch)  # {view: (B, D)}
+        run.objective.fill({n: v.float() for n, v in z.items()}, batch["index"])
+        pos.filled += 1
+        if bar is not None:
+            bar.update(1)
+        if pos.filled % cfg.train.save_every == 0 or pos.filled == total:
+            save_checkpoint(run, pos)
+        if signum := stop.requested(run.device, pos.filled, cfg.train.log_every):
+            save_checkpoint(run, pos)
+            raise Stopped(
+                f"stopped by {signal.Signals(signum).name} during the bank fill ({pos.filled}/{total} batches): "
+                f"checkpoint saved to {run.out}/checkpoints/last.pt; continue with the same command and "
+                f"resume=auto run.dir={run.out}",
+                128 + signum,
+            )
+    if bar is not None:
+        bar.close()
+    if dist.is_main():
+        log.info("memory banks filled in %.1f s", time.perf_counter() - t0)
 
 
 def model_item(views: dict[str, View], item: dict) -> dict:
