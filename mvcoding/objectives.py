@@ -219,6 +219,12 @@ class CMCObjective(nn.Module):
       Z <- m Z + (1 - m) Z_batch instead (an option, not the original).
     - Negatives: the original draws K indices uniformly over all N rows, so a negative can be the
       positive's own row; here negatives are uniform over the N - 1 other rows, never the positive.
+    - positives="fresh" (configs/base.yaml's default; this class's default is the original "bank"):
+      the positive is scored against the other view's embedding of this step, with gradient into
+      both encoders, and only the K negatives come from the bank; with bank positives the loss sat
+      at chance for 10-25 epochs on the synthetic sets (docs/objective.md).
+    - bank_init="fill" (an option; the original's rows start random): one no-grad pass of the
+      encoders over the training set writes every row before the first step.
     """
 
     def __init__(
