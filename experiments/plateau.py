@@ -3,6 +3,7 @@
     python experiments/plateau.py                      # every variant x seed x set; rerun to resume
     python experiments/plateau.py --only fill --sets demo --seeds 0
     python experiments/plateau.py --report             # rebuild the table and the picture only
+    python experiments/plateau.py --probe --only original fresh   # also the linear probe of each run's encoder
 
 Each run is `mvcoding train` (RGB + flow, core view, memory bank) with the variant's overrides, in
 runs/plateau/<set>/<variant>/seed<k>. A bank row is refreshed once per epoch, so the plateau is
@@ -49,6 +50,7 @@ VARIANTS = {  # name -> overrides on top of BANK (the original CMC's bank: rando
     "fresh": ["objective.positives=fresh"],
     "fresh+fill": ["objective.positives=fresh", "objective.bank_init=fill"],
     "in-batch": ["objective.negatives=in_batch", "objective.tau=0.1"],  # the reference: no bank, no plateau to count
+    "fresh+tau0.1": ["objective.positives=fresh", "objective.tau=0.1"],
 }
 EPOCHS = 10
 
@@ -88,6 +90,19 @@ def train(s: str, variant: str, seed: int, epochs: int) -> Path:
     return out
 
 
+def probe(s: str, variant: str, seed: int) -> None:
+    """The linear probe on the run's frozen RGB encoder (video top-1), in <run>/eval-linear."""
+    config, set_overrides, _ = SETS[s]
+    out = run_dir(s, variant, seed)
+    if (out / "eval-linear" / "results.json").is_file():
+        return
+    ckpt, dest = out / "checkpoints" / "last.pt", out / "eval-linear"
+    cmd = [sys.executable, "-m", "mvcoding", "eval", "linear", config, *set_overrides,
+           f"checkpoint={ckpt}", f"run.dir={dest}", "data.workers=1"]  # fmt: skip
+    print(" ".join(cmd[2:]), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT, env=os.environ | {"OMP_NUM_THREADS": "1"})
+
+
 def collect(sets, variants, seeds) -> list[dict]:
     rows = []
     for s in sets:
@@ -100,16 +115,20 @@ def collect(sets, variants, seeds) -> list[dict]:
                 records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
                 losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
                 epochs = 1 + max(r["epoch"] for r in records)
+                result = path.parent / "eval-linear" / "results.json"
+                top1 = json.loads(result.read_text())["metrics"]["video_top1"] if result.is_file() else None
                 rows.append({"set": s, "variant": v, "seed": seed, "K": K, "threshold": threshold(K),
                              "plateau_epochs": plateau_epochs(records, K), "epochs": epochs,
-                             "final_loss": losses[-1][1], "losses": losses, "overrides": VARIANTS[v]})  # fmt: skip
+                             "final_loss": losses[-1][1], "losses": losses, "overrides": VARIANTS[v],
+                             "probe_video_top1": top1})  # fmt: skip
     return rows
 
 
 def report(rows: list[dict]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "plateau.json").write_text(json.dumps(rows, indent=1))
-    lines = ["| set | variant | overrides | plateau (epochs) per seed | final loss / chance |", "|---|---|---|---|---|"]
+    head = "| set | variant | overrides | plateau (epochs) per seed | last loss / chance | probe top-1 (%) per seed |"
+    lines = [head, "|---|---|---|---|---|---|"]
     for s in SETS:
         for v in VARIANTS:
             rs = [r for r in rows if r["set"] == s and r["variant"] == v]
@@ -117,10 +136,13 @@ def report(rows: list[dict]) -> None:
                 continue
             per_seed = ", ".join(f">={r['epochs']}" if r["plateau_epochs"] is None else str(r["plateau_epochs"])
                                  for r in rs)  # fmt: skip
+            per_seed = "n/a (no bank)" if v == "in-batch" else per_seed
             ratio = statistics.fmean(r["final_loss"] / (2 * math.log(r["K"] + 1)) for r in rs)
-            lines.append(
-                f"| {s} | {v} | {' '.join(r'`' + o + '`' for o in VARIANTS[v]) or '-'} | {per_seed} | {ratio:.2f} |"
+            probes = ", ".join(
+                "-" if r["probe_video_top1"] is None else f"{100 * r['probe_video_top1']:.1f}" for r in rs
             )
+            overrides = " ".join(f"`{o}`" for o in VARIANTS[v]) or "-"
+            lines.append(f"| {s} | {v} | {overrides} | {per_seed} | {ratio:.2f} | {probes} |")
     (RESULTS / "plateau.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     import matplotlib
@@ -152,12 +174,15 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=EPOCHS)
     p.add_argument("--report", action="store_true", help="only rebuild the table and the picture")
+    p.add_argument("--probe", action="store_true", help="also the linear probe of each run's RGB encoder")
     a = p.parse_args()
     if not a.report:
         for s in a.sets:
             for v in a.only:
                 for seed in a.seeds:
                     train(s, v, seed, a.epochs)
+                    if a.probe:
+                        probe(s, v, seed)
     report(collect(list(SETS), list(VARIANTS), [0, 1, 2]))
 
 

@@ -621,7 +621,8 @@ def test_predictive_objective_regresses_the_target_view(tmp_path):
 @pytest.mark.parametrize("negatives", ["memory_bank", "in_batch"])
 def test_cmc_loss_embeds_every_view_and_update_uses_that_batch(tmp_path, negatives):
     o, model, batch = tiny_model(tmp_path)
-    o = objective_cfg(o, name="cmc", negatives=negatives, K=4, momentum=0.0)
+    # the original's bank positives, which pair_loss_by_hand writes out (tests/test_bank.py: fresh ones)
+    o = objective_cfg(o, name="cmc", negatives=negatives, K=4, momentum=0.0, positives="bank")
     obj = build_objective(o, ["rgb", "flow"], model, n_data=10, sample_item={}, num_classes=3)
     assert list(obj.parameters()) == []  # the banks are state, not trained
     banks = {v: obj.banks.get_buffer(v).clone() for v in ("rgb", "flow")} if negatives == "memory_bank" else None
