@@ -53,6 +53,7 @@ VARIANTS = {  # name -> overrides on top of BANK (the original CMC's bank: rando
     "fresh+tau0.1": ["objective.positives=fresh", "objective.tau=0.1"],
 }
 EPOCHS = 10
+STEPS_PER_EPOCH = {"demo": 7, "bench": 19}  # 224 and 616 training videos in batches of 32
 
 
 def threshold(K: int) -> float:
@@ -124,6 +125,14 @@ def collect(sets, variants, seeds) -> list[dict]:
     return rows
 
 
+def epoch_means(r: dict) -> list[float]:
+    """The mean logged loss of each epoch of run r, divided by 2 ln(K+1)."""
+    per_epoch: dict[int, list[float]] = {}
+    for step, loss in r["losses"]:
+        per_epoch.setdefault((step - 1) // STEPS_PER_EPOCH[r["set"]], []).append(loss)
+    return [statistics.fmean(per_epoch[e]) / (2 * math.log(r["K"] + 1)) for e in sorted(per_epoch)]
+
+
 def report(rows: list[dict]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "plateau.json").write_text(json.dumps(rows, indent=1))
@@ -151,17 +160,19 @@ def report(rows: list[dict]) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(SETS), figsize=(6 * len(SETS), 4), squeeze=False)
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    colors = {v: cycle[i % len(cycle)] for i, v in enumerate(VARIANTS)}
+    colors = {v: plt.get_cmap("tab20")(i) for i, v in enumerate(VARIANTS)}
     for ax, s in zip(axes[0], SETS, strict=True):
-        steps_per_epoch = {"demo": 7, "bench": 19}[s]
-        for r in (r for r in rows if r["set"] == s):
-            x = [step / steps_per_epoch for step, _ in r["losses"]]
-            y = [loss / (2 * math.log(r["K"] + 1)) for _, loss in r["losses"]]
-            first = r["seed"] == min(q["seed"] for q in rows if q["variant"] == r["variant"] and q["set"] == s)
-            ax.plot(x, y, color=colors[r["variant"]], alpha=0.7, lw=1, label=r["variant"] if first else None)
+        for v in VARIANTS:
+            rs = [r for r in rows if r["set"] == s and r["variant"] == v]
+            if not rs or v == "in-batch":  # in-batch has no bank: its chance is 2 ln B, not 2 ln(K+1)
+                continue
+            curves = [epoch_means(r) for r in rs]  # per seed: mean loss / chance of each epoch
+            n = min(len(c) for c in curves)
+            mean = [statistics.fmean(c[e] for c in curves) for e in range(n)]
+            ax.plot(range(1, n + 1), mean, color=colors[v], marker="o", ms=3, lw=1.2, label=f"{v} ({len(rs)} seeds)")
         ax.axhline(0.9, color="k", ls="--", lw=0.8)
-        ax.set(title=f"{s}: K={SETS[s][2]}", xlabel="epoch (bank refreshes)", ylabel="loss / 2 ln(K+1)")
+        ax.set(title=f"{s}: K={SETS[s][2]}, mean over seeds", xlabel="epoch (bank refreshes)",
+               ylabel="epoch-mean loss / 2 ln(K+1)")  # fmt: skip
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(RESULTS / "plateau.png", dpi=110)
