@@ -73,6 +73,21 @@ def sync_bn_setting(t: DictConfig) -> bool:
     return dist.world_size() > 1 if value == "auto" else bool(value)
 
 
+def warn_batch_statistics_shortcut(o: DictConfig, model: MultiViewModel) -> None:
+    """One warning when BatchNorm encoders train CMC with the positive pair in the batch (in-batch negatives,
+    or fresh bank positives): the views can then match through batch statistics instead of their content
+    (EXPERIMENTS.md: the original's BatchNorm encoders with fresh positives probed at chance, 7.6%)."""
+    if o.name != "cmc" or not (o.negatives == "in_batch" or o.get("positives", "bank") == "fresh"):
+        return
+    batchnorm = nn.modules.batchnorm._BatchNorm
+    bn = [n for n, e in model.encoders.items() if any(isinstance(m, batchnorm) for m in e.modules())]
+    if bn and dist.is_main():
+        why = "in-batch negatives" if o.negatives == "in_batch" else "objective.positives=fresh"
+        log.warning("the encoders of %s have BatchNorm and %s puts each positive pair in the batch: views can match "
+                    "through batch statistics; use a GroupNorm encoder (*_gn) or objective.positives=bank",
+                    ", ".join(bn), why)  # fmt: skip
+
+
 def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={name} but no CUDA GPU is available; use device=cpu or device=auto")
@@ -271,6 +286,7 @@ def setup(cfg: DictConfig) -> tuple[Run, Position]:
 
     views = build_views(cfg)  # first: a misspelt view setting or an impossible encoder fails before any data work
     model = MultiViewModel(views, cfg.objective.dim, head_norm=head_norm_setting(cfg.objective)).to(device)
+    warn_batch_statistics_shortcut(cfg.objective, model)
     index, data, sampler, loader = build_data(cfg, views, device)
     steps_per_epoch = len(data) // (cfg.train.batch_size * dist.world_size())
     total = min(cfg.train.epochs * steps_per_epoch, cfg.train.max_steps or math.inf)

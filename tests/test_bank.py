@@ -132,3 +132,22 @@ def test_fresh_positives_in_the_objective():
     assert abs(loss.item() - expected) < 1e-5
     with pytest.raises(UserError, match="positives"):
         CMCObjective(views=["a", "b"], graph="full", n_data=n, K=K, positives="stale")
+
+
+def test_batchnorm_encoders_with_the_pair_in_the_batch_get_a_warning(caplog):
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+    from torch import nn
+
+    from mvcoding.train import warn_batch_statistics_shortcut
+
+    model = SimpleNamespace(encoders={"rgb": nn.Sequential(nn.Conv3d(3, 4, 1), nn.BatchNorm3d(4)),
+                                      "flow": nn.Sequential(nn.Conv3d(2, 4, 1), nn.GroupNorm(2, 4))})  # fmt: skip
+    cases = [("memory_bank", "fresh", True), ("in_batch", "bank", True), ("memory_bank", "bank", False)]
+    for negatives, positives, warned in cases:
+        caplog.clear()
+        o = OmegaConf.create({"name": "cmc", "negatives": negatives, "positives": positives})
+        warn_batch_statistics_shortcut(o, model)
+        lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert (len(lines) == 1 and "encoders of rgb have BatchNorm" in lines[0]) == warned, (negatives, positives)
