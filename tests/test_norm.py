@@ -248,7 +248,8 @@ def single_and_double(root, tmp_path, **extra) -> tuple:
     return metrics(single), metrics(double), load(single), load(double)
 
 
-@pytest.mark.parametrize("head_norm", ["none", "batchnorm"])
+# the original recipe (no head norm) in the default suite; the BatchNorm head in the slow one (17 s each)
+@pytest.mark.parametrize("head_norm", ["none", pytest.param("batchnorm", marks=pytest.mark.slow)])
 def test_torchrun_with_batchnorm_encoders_matches_one_process(synthetic_root, tmp_path, head_norm):
     """The original recipe (BatchNorm encoders, a memory bank): with train.sync_bn (auto) every BatchNorm,
     the encoders' and the batchnorm head's, normalises with the global batch, so the losses are one
