@@ -21,8 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def main(path: Path) -> str:
     rows = list(csv.DictReader(path.open()))
     entries = [k[len("video_top1 ") :] for k in rows[0] if k.startswith("video_top1 ")]
-    lines = ["| cell | seed | " + " | ".join(f"probe {e}" for e in entries) + " | mean over single views |",
-             "|---|---|" + "---|" * (len(entries) + 1)]  # fmt: skip
+    lines = [
+        "| cell | seed | " + " | ".join(f"probe {e}" for e in entries) + " | mean over single views |",
+        "|---|---|" + "---|" * (len(entries) + 1),
+    ]
     by_cell: dict[str, dict[int, dict]] = {}
     for r in rows:
         values = {e: float(r[f"video_top1 {e}"]) * 100 for e in entries if r.get(f"video_top1 {e}")}

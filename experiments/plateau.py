@@ -81,9 +81,19 @@ def train(s: str, variant: str, seed: int, epochs: int) -> Path:
     out = run_dir(s, variant, seed)
     if (out / "done").is_file():
         return out
-    overrides = [*set_overrides, *BANK, f"objective.K={K}", *VARIANTS[variant], f"seed={seed}",
-                 f"train.epochs={epochs}", "train.log_every=1", "train.monitor_every=0", "data.workers=1",
-                 f"run.dir={out}", "resume=auto"]  # fmt: skip
+    overrides = [
+        *set_overrides,
+        *BANK,
+        f"objective.K={K}",
+        *VARIANTS[variant],
+        f"seed={seed}",
+        f"train.epochs={epochs}",
+        "train.log_every=1",
+        "train.monitor_every=0",
+        "data.workers=1",
+        f"run.dir={out}",
+        "resume=auto",
+    ]
     cmd = [sys.executable, "-m", "mvcoding", "train", config, *overrides]
     print(" ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT, env=os.environ | {"OMP_NUM_THREADS": "1"})
@@ -98,8 +108,18 @@ def probe(s: str, variant: str, seed: int) -> None:
     if (out / "eval-linear" / "results.json").is_file():
         return
     ckpt, dest = out / "checkpoints" / "last.pt", out / "eval-linear"
-    cmd = [sys.executable, "-m", "mvcoding", "eval", "linear", config, *set_overrides,
-           f"checkpoint={ckpt}", f"run.dir={dest}", "data.workers=1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mvcoding",
+        "eval",
+        "linear",
+        config,
+        *set_overrides,
+        f"checkpoint={ckpt}",
+        f"run.dir={dest}",
+        "data.workers=1",
+    ]
     print(" ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT, env=os.environ | {"OMP_NUM_THREADS": "1"})
 
@@ -118,10 +138,21 @@ def collect(sets, variants, seeds) -> list[dict]:
                 epochs = 1 + max(r["epoch"] for r in records)
                 result = path.parent / "eval-linear" / "results.json"
                 top1 = json.loads(result.read_text())["metrics"]["video_top1"] if result.is_file() else None
-                rows.append({"set": s, "variant": v, "seed": seed, "K": K, "threshold": threshold(K),
-                             "plateau_epochs": plateau_epochs(records, K), "epochs": epochs,
-                             "final_loss": losses[-1][1], "losses": losses, "overrides": VARIANTS[v],
-                             "probe_video_top1": top1})  # fmt: skip
+                rows.append(
+                    {
+                        "set": s,
+                        "variant": v,
+                        "seed": seed,
+                        "K": K,
+                        "threshold": threshold(K),
+                        "plateau_epochs": plateau_epochs(records, K),
+                        "epochs": epochs,
+                        "final_loss": losses[-1][1],
+                        "losses": losses,
+                        "overrides": VARIANTS[v],
+                        "probe_video_top1": top1,
+                    }
+                )
     return rows
 
 
@@ -143,8 +174,9 @@ def report(rows: list[dict]) -> None:
             rs = [r for r in rows if r["set"] == s and r["variant"] == v]
             if not rs:
                 continue
-            per_seed = ", ".join(f">={r['epochs']}" if r["plateau_epochs"] is None else str(r["plateau_epochs"])
-                                 for r in rs)  # fmt: skip
+            per_seed = ", ".join(
+                f">={r['epochs']}" if r["plateau_epochs"] is None else str(r["plateau_epochs"]) for r in rs
+            )
             per_seed = "n/a (no bank)" if v == "in-batch" else per_seed
             ratio = statistics.fmean(r["final_loss"] / (2 * math.log(r["K"] + 1)) for r in rs)
             probes = ", ".join(
@@ -171,8 +203,11 @@ def report(rows: list[dict]) -> None:
             mean = [statistics.fmean(c[e] for c in curves) for e in range(n)]
             ax.plot(range(1, n + 1), mean, color=colors[v], marker="o", ms=3, lw=1.2, label=f"{v} ({len(rs)} seeds)")
         ax.axhline(0.9, color="k", ls="--", lw=0.8)
-        ax.set(title=f"{s}: K={SETS[s][2]}, mean over seeds", xlabel="epoch (bank refreshes)",
-               ylabel="epoch-mean loss / 2 ln(K+1)")  # fmt: skip
+        ax.set(
+            title=f"{s}: K={SETS[s][2]}, mean over seeds",
+            xlabel="epoch (bank refreshes)",
+            ylabel="epoch-mean loss / 2 ln(K+1)",
+        )
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(RESULTS / "plateau.png", dpi=110)

@@ -160,8 +160,9 @@ class EpochSampler(Sampler):
     `set_epoch(epoch, skip)` starts mid-epoch, for resume.
     """
 
-    def __init__(self, n: int, *, seed: int, shuffle: bool, rank: int = 0, world: int = 1, batch_size: int = 1,
-                 pad: bool = False):  # fmt: skip
+    def __init__(
+        self, n: int, *, seed: int, shuffle: bool, rank: int = 0, world: int = 1, batch_size: int = 1, pad: bool = False
+    ):
         self.n, self.seed, self.shuffle, self.rank, self.world, self.b = n, seed, shuffle, rank, world, batch_size
         self.pad = pad
         self.epoch, self.skip = 0, 0

@@ -30,6 +30,13 @@ def resolved_device(name: str) -> str:
     return str(name)
 
 
+def pick_device(name: str) -> torch.device:
+    """cfg.device as a torch.device (auto resolved); a UserError for cuda without a GPU."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} but no CUDA GPU is available; use device=cpu or device=auto")
+    return torch.device(resolved_device(name))
+
+
 def build_views(cfg: DictConfig, names=None) -> dict[str, View]:
     """Build the views of `cfg.views` (or only `names`), in config order."""
     ctx = view_context(cfg)

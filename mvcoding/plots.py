@@ -160,8 +160,16 @@ def plot_sweep(spec: Spec, rows: Sequence[dict], p: float | None, path: Path) ->
             means = [100 * (_sweep_stat(r, key, e)["mean"] or 0.0) for r in rows]
             errs = [100 * (_sweep_stat(r, key, e)["std"] or 0.0) for r in rows]
             at = [y + offset for y in ys]
-            ax.barh(at, means, height=height, xerr=errs, color=[colors[r["group"]] for r in rows], capsize=3,
-                    hatch=hatches[j % len(hatches)], edgecolor="white" if j else None)  # fmt: skip
+            ax.barh(
+                at,
+                means,
+                height=height,
+                xerr=errs,
+                color=[colors[r["group"]] for r in rows],
+                capsize=3,
+                hatch=hatches[j % len(hatches)],
+                edgecolor="white" if j else None,
+            )
             for y, m, err, r in zip(at, means, errs, rows, strict=True):
                 if _sweep_stat(r, key, e)["mean"] is not None:
                     ax.text(m + err + 1, y, f"{m:.1f}", va="center", fontsize=7 if len(names) == 1 else 6)
@@ -171,8 +179,9 @@ def plot_sweep(spec: Spec, rows: Sequence[dict], p: float | None, path: Path) ->
         ax.set_xlim(0, 105)
         ax.set_xlabel(title)
     if names != [None]:
-        handles = [Patch(facecolor="dimgray", hatch=hatches[j % len(hatches)], edgecolor="white")
-                   for j in range(len(names))]  # fmt: skip
+        handles = [
+            Patch(facecolor="dimgray", hatch=hatches[j % len(hatches)], edgecolor="white") for j in range(len(names))
+        ]
         axes[0][-1].legend(handles, [f"eval.views entry {e}" for e in names], loc="lower right", fontsize=6)
     axes[0][0].set_yticks(list(ys), [f"{r['cell']} (n={r['n']})" for r in rows], fontsize=8)
     axes[0][0].invert_yaxis()

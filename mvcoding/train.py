@@ -34,7 +34,7 @@ from mvcoding.data import EpochSampler, MultiViewClips, loader_options, make_loa
 from mvcoding.datasets import DatasetIndex, load_dataset
 from mvcoding.errors import Stopped, UserError
 from mvcoding.files import load_safe, save_atomic, write_atomic, write_text_atomic
-from mvcoding.model import HEAD_NORMS, MultiViewModel, build_views, resolved_device, sync_batchnorm
+from mvcoding.model import HEAD_NORMS, MultiViewModel, build_views, pick_device, sync_batchnorm
 from mvcoding.monitor import Monitor, make_monitor, monitor_every
 from mvcoding.objectives import CMCObjective, build_objective
 from mvcoding.optim import build_optimizer, lr_factor
@@ -83,15 +83,12 @@ def warn_batch_statistics_shortcut(o: DictConfig, model: MultiViewModel) -> None
     bn = [n for n, e in model.encoders.items() if any(isinstance(m, batchnorm) for m in e.modules())]
     if bn and dist.is_main():
         why = "in-batch negatives" if o.negatives == "in_batch" else "objective.positives=fresh"
-        log.warning("the encoders of %s have BatchNorm and %s puts each positive pair in the batch: views can match "
-                    "through batch statistics; use a GroupNorm encoder (*_gn) or objective.positives=bank",
-                    ", ".join(bn), why)  # fmt: skip
-
-
-def pick_device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={name} but no CUDA GPU is available; use device=cpu or device=auto")
-    return torch.device(resolved_device(name))
+        log.warning(
+            "the encoders of %s have BatchNorm and %s puts each positive pair in the batch: views can match "
+            "through batch statistics; use a GroupNorm encoder (*_gn) or objective.positives=bank",
+            ", ".join(bn),
+            why,
+        )
 
 
 def rng_state() -> dict:
@@ -568,8 +565,9 @@ def fill_banks(run: Run, pos: Position, stop: StopOnSignal) -> None:
     end and on SIGTERM/SIGINT holds the banks so far, and a resumed run continues the pass there.
     """
     cfg, b, total = run.cfg, run.cfg.train.batch_size, fill_batches(run)
-    sampler = EpochSampler(len(run.data), seed=cfg.seed, shuffle=False, rank=dist.rank(), world=dist.world_size(),
-                           batch_size=b, pad=True)  # fmt: skip
+    sampler = EpochSampler(
+        len(run.data), seed=cfg.seed, shuffle=False, rank=dist.rank(), world=dist.world_size(), batch_size=b, pad=True
+    )
     sampler.set_epoch(0, skip=pos.filled * b)
     loader = make_loader(run.data, sampler, batch_size=b, drop_last=True, **loader_options(cfg.data, run.device))
     run.model.train()

@@ -14,14 +14,12 @@ import shutil
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-from test_transfer import Tiny
+from test_transfer import Tiny, two_view_checkpoint
 
 from mvcoding.errors import UserError
 from mvcoding.eval import evaluate, fuse
 from mvcoding.eval import features as eval_features
 from mvcoding.eval.features import EvalClips, entry_features, entry_views, parse_entries
-from mvcoding.model import MultiViewModel, build_views
 
 ENTRIES = ["rgb", "flow", "rgb+flow"]
 D = 256  # small3d's feature width
@@ -73,17 +71,7 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def checkpoint(tiny):
     """The tiny dataset's flow cache filled and a checkpoint with an rgb and a flow encoder."""
-    from mvcoding.precompute import main as precompute
-
-    assert precompute(["flow", str(tiny.config), "precompute.workers=1"]) == 0
-    cfg = tiny.cfg()
-    torch.manual_seed(7)
-    model = MultiViewModel(build_views(cfg, ["rgb", "flow"]), 16)
-    path = tiny.root.parent / "pretrain2" / "last.pt"
-    path.parent.mkdir()
-    torch.save({"model": model.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True),
-                "views": ["rgb", "flow"], "step": 0}, path)  # fmt: skip
-    return path
+    return two_view_checkpoint(tiny)[0]
 
 
 def over(checkpoint, out) -> dict:

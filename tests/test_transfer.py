@@ -399,7 +399,11 @@ def test_eval_with_loader_workers_gives_the_same_features(tiny, linear_run, tmp_
 
 @pytest.fixture(scope="module")
 def two_view(tiny):
-    """The tiny dataset's flow cache filled and a checkpoint with an rgb and a flow encoder."""
+    return two_view_checkpoint(tiny)
+
+
+def two_view_checkpoint(tiny: Tiny) -> tuple[Path, dict]:
+    """The tiny dataset's flow cache filled and a checkpoint with an rgb and a flow encoder (path, weights)."""
     from mvcoding.precompute import main as precompute
 
     assert precompute(["flow", str(tiny.config), "precompute.workers=1"]) == 0

@@ -71,8 +71,10 @@ def parse_entries(entries, views) -> dict[str, tuple[str, ...]]:
     """
     known = list(views)
     if isinstance(entries, str) or not entries:
-        raise UserError(f"eval.views={entries!r} must be a non-empty list of views; set eval.views=[rgb] "
-                        "(or e.g. [rgb,flow,rgb+flow]: each entry evaluated on its own)")  # fmt: skip
+        raise UserError(
+            f"eval.views={entries!r} must be a non-empty list of views; set eval.views=[rgb] "
+            "(or e.g. [rgb,flow,rgb+flow]: each entry evaluated on its own)"
+        )
     parsed: dict[str, tuple[str, ...]] = {}
     for entry in entries:
         if not isinstance(entry, str):
@@ -82,8 +84,10 @@ def parse_entries(entries, views) -> dict[str, tuple[str, ...]]:
             raise UserError(f"eval.views entry {entry!r} has an empty part; join view names with one +, e.g. rgb+flow")
         for p in parts:
             if p not in known:
-                raise UserError(f"eval.views entry {entry!r}: {p!r} is not a view of the config; eval.views must "
-                                f"name views of the config (views: {known}), e.g. eval.views=[rgb]")  # fmt: skip
+                raise UserError(
+                    f"eval.views entry {entry!r}: {p!r} is not a view of the config; eval.views must "
+                    f"name views of the config (views: {known}), e.g. eval.views=[rgb]"
+                )
             if parts.count(p) > 1:
                 raise UserError(f"eval.views entry {entry!r} names {p} twice; name each view once in an entry")
         key = "+".join(parts)
@@ -167,7 +171,7 @@ def load_encoders(views: dict[str, View], checkpoint: Path | None) -> dict[str, 
 def prepare(cfg: DictConfig, checkpoint, *, random_init: bool, names=None) -> EvalSetup:
     """Dataset, views, encoders (frozen weights loaded) and video lengths for an evaluation of the
     entries `names` (default cfg.eval.views; see parse_entries): one encoder per view of the entries."""
-    from mvcoding.train import pick_device
+    from mvcoding.model import pick_device
 
     e = cfg.eval
     entries = parse_entries(list(e.views if names is None else names), list(cfg.views or {}))

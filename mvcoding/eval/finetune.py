@@ -29,8 +29,10 @@ def finetune(cfg: DictConfig, out: Path) -> dict:
     entries = parse_entries(list(cfg.eval.views), list(cfg.views or {}))
     first, parts = next(iter(entries.items()))
     if len(parts) > 1:
-        raise UserError(f"finetune trains one encoder, but the first eval.views entry {first!r} joins "
-                        f"{len(parts)} views; put a single view first, e.g. eval.views=[{parts[0]}]")  # fmt: skip
+        raise UserError(
+            f"finetune trains one encoder, but the first eval.views entry {first!r} joins "
+            f"{len(parts)} views; put a single view first, e.g. eval.views=[{parts[0]}]"
+        )
     if len(entries) > 1:
         log.warning("finetune trains one encoder: using %s, the first entry of eval.views=%s", first, list(entries))
     s = prepare(cfg, cfg.checkpoint, random_init=bool(cfg.eval.random_init), names=[first])

@@ -19,8 +19,17 @@ from mvcoding.optim import build_optimizer, lr_factor
 log = logging.getLogger(__name__)
 
 
-def train_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, lcfg, *, seed: int, device: torch.device,
-                 out: Path | None = None, entry: str | None = None) -> nn.Linear:  # fmt: skip
+def train_linear(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    lcfg,
+    *,
+    seed: int,
+    device: torch.device,
+    out: Path | None = None,
+    entry: str | None = None,
+) -> nn.Linear:
     """A linear classifier on standardised features x (N, D) with labels y (N,): minibatch (or full
     batch when lcfg.batch_size is null or >= N) SGD with momentum 0.9, Adam or AdamW, cosine-decayed lr.
     Progress lines go to out/metrics.jsonl (with "entry" when given)."""
@@ -51,10 +60,21 @@ def train_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, lcfg, *, se
             loss_sum += loss.item() * len(idx)
             correct += (logits.argmax(1) == y[idx]).sum().item()
         if (epoch + 1) % every == 0 or epoch + 1 == lcfg.epochs:
-            rec = {"epoch": epoch + 1, "step": step, "loss": loss_sum / n, "train_top1": correct / n,
-                   "lr": sched.get_last_lr()[0]} | ({} if entry is None else {"entry": entry})  # fmt: skip
-            log.info("linear classifier %sepoch %d/%d: loss %.4f, train top-1 %.1f%%", f"{entry} " if entry else "",
-                     epoch + 1, lcfg.epochs, rec["loss"], 100 * rec["train_top1"])  # fmt: skip
+            rec = {
+                "epoch": epoch + 1,
+                "step": step,
+                "loss": loss_sum / n,
+                "train_top1": correct / n,
+                "lr": sched.get_last_lr()[0],
+            } | ({} if entry is None else {"entry": entry})
+            log.info(
+                "linear classifier %sepoch %d/%d: loss %.4f, train top-1 %.1f%%",
+                f"{entry} " if entry else "",
+                epoch + 1,
+                lcfg.epochs,
+                rec["loss"],
+                100 * rec["train_top1"],
+            )
             if out is not None:
                 log_metrics(out, rec)
     return clf.eval()
@@ -86,8 +106,9 @@ def probe_entry(s: EvalSetup, feats: dict, entry: str, parts, *, out: Path, fold
     y = train["label"].repeat_interleave(k)
     mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
     lc = s.cfg.eval.linear
-    clf = train_linear((x - mean) / std, y, len(s.index.classes), lc, seed=s.cfg.seed, device=s.device, out=out,
-                       entry=entry)  # fmt: skip
+    clf = train_linear(
+        (x - mean) / std, y, len(s.index.classes), lc, seed=s.cfg.seed, device=s.device, out=out, entry=entry
+    )
     with torch.no_grad():
         scores = clf(((x_test - mean) / std).to(s.device)).cpu()  # (N_test, K, C)
     weights = {"weight": clf.weight.detach().cpu(), "bias": clf.bias.detach().cpu(), "mean": mean, "std": std}

@@ -112,8 +112,17 @@ def write_summary(out: Path, record: dict, *, files: Sequence[str], notes: Seque
     return path
 
 
-def results_record(task: str, metrics: dict, level: dict, index, checkpoint: str | None, sha256: str | None,
-                   protocol: dict, *, entry: str | None = None) -> dict:  # fmt: skip
+def results_record(
+    task: str,
+    metrics: dict,
+    level: dict,
+    index,
+    checkpoint: str | None,
+    sha256: str | None,
+    protocol: dict,
+    *,
+    entry: str | None = None,
+) -> dict:
     """The results.json record (format in the module docstring) of one entry; index: the DatasetIndex
     evaluated. finish_entries adds "entries"."""
     return {
@@ -136,8 +145,9 @@ def entry_folder(out: Path, entry: str, entries) -> Path:
     return Path(out) if len(entries) == 1 else Path(out) / entry
 
 
-def finish_entries(out: Path, records: dict[str, dict], *, files: Sequence[str], copy: Sequence[str] = (),
-                   notes: Sequence[str] = ()) -> dict:  # fmt: skip
+def finish_entries(
+    out: Path, records: dict[str, dict], *, files: Sequence[str], copy: Sequence[str] = (), notes: Sequence[str] = ()
+) -> dict:
     """The top level of an evaluation of the entries of `records` ({entry: its results.json record, in
     eval.views order}, each written in entry_folder): results.json (the first entry's record with
     "entries") and summary.md; with several entries, the first one's files `copy` from its folder too.
@@ -162,8 +172,18 @@ def entry_metrics(results: dict) -> dict[str, dict]:
     return {"+".join((results.get("protocol") or {}).get("views") or []): results.get("metrics", {})}
 
 
-def report_classification(out: Path, task: str, run: dict, index, *, checkpoint: str | None, sha256: str | None,
-                          protocol: dict, files: Sequence[str], entry: str | None = None) -> dict:  # fmt: skip
+def report_classification(
+    out: Path,
+    task: str,
+    run: dict,
+    index,
+    *,
+    checkpoint: str | None,
+    sha256: str | None,
+    protocol: dict,
+    files: Sequence[str],
+    entry: str | None = None,
+) -> dict:
     """Metrics of a classifier from its test-clip logits run["x"] (N, K, C) over K crops, with
     run["label"], run["video"] (N,): softmax, mean over crops (clip level), mean over clips (video
     level). Writes probs.pt, results.json, confusion.png and summary.md; returns the results.json record."""
@@ -184,8 +204,14 @@ def report_classification(out: Path, task: str, run: dict, index, *, checkpoint:
     }
     record = results_record(task, metrics, level, index, checkpoint, sha256, protocol, entry=entry)
     write_classification(out, record, saved, files=files)
-    log.info("%s %s: video top-1 %.1f%%, clip top-1 %.1f%% (%s)", task, entry or "+".join(protocol["views"]),
-             100 * metrics["video_top1"], 100 * metrics["clip_top1"], out / "results.json")  # fmt: skip
+    log.info(
+        "%s %s: video top-1 %.1f%%, clip top-1 %.1f%% (%s)",
+        task,
+        entry or "+".join(protocol["views"]),
+        100 * metrics["video_top1"],
+        100 * metrics["clip_top1"],
+        out / "results.json",
+    )
     return record
 
 
@@ -214,5 +240,6 @@ def protocol(s: EvalSetup, names, **extra) -> dict:
 def report(s: EvalSetup, out: Path, task: str, run: dict, proto: dict, files: list[str], *, entry: str) -> dict:
     """Classification metrics and files of one entry from the test clips' logits run["x"] (N, K, C)
     (report_classification); returns its results.json record."""
-    return report_classification(out, task, run, s.index, checkpoint=s.checkpoint, sha256=s.sha256,
-                                 protocol=proto, files=files, entry=entry)  # fmt: skip
+    return report_classification(
+        out, task, run, s.index, checkpoint=s.checkpoint, sha256=s.sha256, protocol=proto, files=files, entry=entry
+    )
