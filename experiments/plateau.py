@@ -124,6 +124,23 @@ def probe(s: str, variant: str, seed: int) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT, env=os.environ | {"OMP_NUM_THREADS": "1"})
 
 
+def bank_stats(ckpt: Path) -> dict:
+    """Of the final banks (N, D) per view: mean |cos| between RGB and flow rows, and each bank's effective
+    rank (sum(s)^2 / sum(s^2) over its singular values s): orthogonal views and a low rank are the plateau."""
+    import torch
+
+    banks = torch.load(ckpt, weights_only=True)["objective"]
+    rgb, flow = banks.get("banks.rgb"), banks.get("banks.flow")
+    if rgb is None or flow is None:
+        return {}
+
+    def rank(b):
+        sv = torch.linalg.svdvals(b)
+        return float(sv.sum() ** 2 / (sv**2).sum())
+
+    return {"cross_view_abs_cos": float((rgb @ flow.T).abs().mean()), "rank_rgb": rank(rgb), "rank_flow": rank(flow)}
+
+
 def collect(sets, variants, seeds) -> list[dict]:
     rows = []
     for s in sets:
@@ -151,6 +168,7 @@ def collect(sets, variants, seeds) -> list[dict]:
                         "losses": losses,
                         "overrides": VARIANTS[v],
                         "probe_video_top1": top1,
+                        **bank_stats(path.parent / "checkpoints" / "last.pt"),
                     }
                 )
     return rows

@@ -422,7 +422,7 @@ def restore(run: Run, path: Path) -> Position:
         set_rng_state(ckpt["rng"])
         pos = Position(int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["batch_in_epoch"]))
         # a checkpoint from before the fill pass existed, or one past step 0, has its bank filled by training
-        pos.filled = int(ckpt.get("filled", 0)) if pos.step == 0 and "filled" in ckpt else fill_batches(run)
+        pos.filled = int(ckpt["filled"]) if pos.step == 0 and "filled" in ckpt else fill_batches(run)
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:
         raise UserError(f"resume={run.cfg.resume}: {path} is damaged ({type(e).__name__}: {e}); start a new run") from e
     if dist.is_main():
