@@ -69,15 +69,21 @@ def mi_lower_bound(loss: Tensor | float, n_negatives: int) -> Tensor | float:
 # --- in-batch InfoNCE ---------------------------------------------------------------------------
 
 
-def info_nce(z_a: Tensor, z_b: Tensor, tau: float, offset: int = 0) -> Tensor:
+def info_nce(z_a: Tensor, z_b: Tensor, tau: float, offset: int = 0, negative_grad: bool = True) -> Tensor:
     """L^{a,b}: each anchor z_a[i] against every candidate z_b[j] of the batch; positive at j = offset + i.
 
     z_a: (B, D) anchors; z_b: (M, D) candidates, M >= offset + B (under torchrun: every rank's batch,
     this rank's rows starting at `offset`). Returns the mean over the anchors of
     -log softmax_j(z_a[i] . z_b[j] / tau)[offset + i].
+    negative_grad=False: the candidates z_b[j], j != offset + i, are constants for anchor i's gradient
+    (as a memory bank's rows or MoCo's keys are); the positive keeps its gradient. The value is the same.
     """
-    logits = z_a @ z_b.T / tau  # (B, M): row i scores anchor i, its positive at column offset + i
     target = torch.arange(offset, offset + z_a.shape[0], device=z_a.device)  # (B,)
+    if negative_grad:
+        logits = z_a @ z_b.T / tau  # (B, M): row i scores anchor i, its positive at column offset + i
+    else:
+        positive = (z_a * z_b[offset : offset + z_a.shape[0]]).sum(1, keepdim=True) / tau  # (B, 1)
+        logits = (z_a @ z_b.detach().T / tau).scatter(1, target[:, None], positive)  # (B, M)
     return F.cross_entropy(logits, target)
 
 
@@ -225,6 +231,9 @@ class CMCObjective(nn.Module):
       at chance for 10-25 epochs on the synthetic sets (docs/objective.md).
     - bank_init="fill" (an option; the original's rows start random): one no-grad pass of the
       encoders over the training set writes every row before the first step.
+    - negative_grad=False (in_batch only; an option for experiments): the in-batch negatives are
+      constants for the gradient, as a bank's rows are, so the two kinds of negatives can be compared
+      with the gradient path held equal.
     """
 
     def __init__(
@@ -243,6 +252,7 @@ class CMCObjective(nn.Module):
         z_momentum: float = 1.0,
         bank_init: str = "random",
         positives: str = "bank",
+        negative_grad: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -268,6 +278,7 @@ class CMCObjective(nn.Module):
         self.n_data, self.K, self.tau = n_data, K, tau
         self.momentum, self.z_momentum = momentum, z_momentum
         self.positives = positives
+        self.negative_grad = negative_grad  # in_batch: do the negatives carry gradient (bank rows never do)
         self.needs_fill = negatives == "memory_bank" and bank_init == "fill"  # the trainer runs fill() first
         self._last: tuple[dict[str, Tensor], Tensor] | None = None  # (z, index) of the last loss(), for update()
 
@@ -320,7 +331,7 @@ class CMCObjective(nn.Module):
                 for d, (anchor, other) in enumerate(((a, b), (b, a))):
                     if not use_bank:
                         candidates, offset = gathered[other]
-                        loss = softmax_loss = info_nce(z[anchor], candidates, self.tau, offset)
+                        loss = softmax_loss = info_nce(z[anchor], candidates, self.tau, offset, self.negative_grad)
                     else:
                         logits = _logits_at(z[anchor], self.banks.get_buffer(other), idx, self.tau)  # (B, K+1)
                         if self.positives == "fresh":  # the other view's embedding of this step, with its gradient
@@ -533,7 +544,9 @@ def build_objective(
             "bank_init",
             "positives",
         )
-        return CMCObjective(views=views, n_data=n_data, **{k: o[k] for k in keys})
+        return CMCObjective(
+            views=views, n_data=n_data, negative_grad=o.get("negative_grad", True), **{k: o[k] for k in keys}
+        )
     if o.name == "predictive":
         p = o.predict or {}
         if p.get("source") not in views or p.get("target") not in views:

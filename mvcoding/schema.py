@@ -132,6 +132,7 @@ SCHEMA: dict[str, Rule] = {
     "objective.momentum": number(0, 1),
     "objective.bank_init": choice(*BANK_INITS),
     "objective.positives": choice(*POSITIVES),
+    "objective.negative_grad": BOOL,
     "objective.head_norm": choice("auto", *HEAD_NORMS),
     "objective.center": AUTO_BOOL,  # deprecated alias of head_norm (true: center, false: none)
     "objective.dim": integer(1),

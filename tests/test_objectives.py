@@ -104,6 +104,30 @@ def test_in_batch_two_views_is_the_infonce_formula():
     assert stats["mi/rgb-flow"] == pytest.approx(math.log(B - 1) - (l_ab + l_ba) / 2, rel=1e-5)
 
 
+@pytest.mark.parametrize("offset", [0, 3])  # 3: this rank's rows start at 3 of the gathered candidates
+def test_in_batch_negatives_without_gradient_keep_the_value_and_only_the_positive_gradient(offset):
+    B, M, D, tau = 4, 7, 3, 0.5
+    za = unit(B, D, seed=3).double().requires_grad_()
+    zb = unit(M, D, seed=4).double().requires_grad_()
+    full = info_nce(za, zb, tau, offset)
+    constant = info_nce(za, zb, tau, offset, negative_grad=False)
+    assert constant.item() == pytest.approx(full.item(), rel=1e-12)
+    constant.backward()
+    # d/dz_b[j] of (1/B) sum_i [-s_i,o+i + log sum_k exp s_ik], s = z_a z_b^T / tau, with only the positive
+    # column differentiable: row o+i gets (1/B)(p_i,o+i - 1) z_a[i] / tau; every other row gets nothing
+    a, b = za.detach().tolist(), zb.detach().tolist()
+    expected = [[0.0] * D for _ in range(M)]
+    for i in range(B):
+        s = [dot(a[i], b[k]) / tau for k in range(M)]
+        p = math.exp(s[offset + i]) / sum(math.exp(x) for x in s)
+        expected[offset + i] = [(p - 1) * a[i][d] / tau / B for d in range(D)]
+    assert torch.allclose(zb.grad, torch.tensor(expected, dtype=torch.float64), rtol=1e-9, atol=1e-15)
+    # the anchors' gradient is the full one: z_b as a whole is a constant for them in both forms
+    za_full = za.detach().clone().requires_grad_()
+    info_nce(za_full, zb.detach(), tau, offset).backward()
+    assert torch.allclose(za.grad, za_full.grad, rtol=1e-12)
+
+
 @pytest.mark.parametrize("n_data", [8, 1000])  # 8: one GEMM over the bank; 1000: the gathered path
 def test_bank_softmax_loss_is_the_formula(n_data):
     B, D, K, tau = 4, 3, 5, 0.07
