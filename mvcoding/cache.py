@@ -3,12 +3,16 @@
 Layout, one folder per dataset and one per cache (a view's precompute stage and its settings)::
 
     <cache.dir>/<dataset>/                       dataset.name, plus the root's folder name where it differs
+                                                 (and a digest of the root's path where two roots share
+                                                 that name: dataset_folder)
         lengths.json                             video lengths (mvcoding.data.video_lengths)
         <cache>-<label>-<H>x<W>-<hash>/          e.g. flow-dis-128x171-3fa9c2d1 (native: ...-native-...)
             provenance.json                      what the cache holds (below); every part carries it too
             part-00000.h5                        a complete part: one dataset per video of that part
             part-00000.json                      its index sidecar: {video_id: entry attrs}, failures
-            part-00000.lock                      the part's writer lock (fcntl), taken by `mvcoding precompute`
+            part-00000.lock                      the part's writer lock (fcntl), taken by `mvcoding precompute`;
+                                                 held by the writing process only (a forked child closes
+                                                 its copy), so it goes with that process
             part-00000.h5.tmp<pid>               a part being written by process <pid>
 
 <hash> is a digest of the provenance without source_root, so each setting of a stage has its own
@@ -28,7 +32,8 @@ whose source differs from the dataset's file (another dataset, or a changed vide
 
 Provenance: {"format_version", "cache", "settings", "resolution", "dataset", "source_root"}. Readers
 and resumed writers compare everything but INFO_KEYS (the root may be mounted elsewhere on another
-machine) and refuse a cache made differently.
+machine) and refuse a cache made differently. source_root, the root's absolute path, also tells whose
+a dataset folder is (dataset_folder), so another root of the same folder name fills a folder of its own.
 """
 
 from __future__ import annotations
@@ -67,12 +72,55 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+=]+", "_", str(name)).strip("_") or "x"
 
 
+def _same_root(recorded: str, root: Path) -> bool:
+    """Whether `recorded` (a cache's source_root) is the dataset folder `root`; also True when the recorded
+    folder is not there (any more) on this machine: the dataset moved, or is mounted elsewhere here."""
+    if not os.path.isabs(recorded) or not os.path.isdir(recorded):
+        return True
+    try:
+        return Path(recorded).resolve() == Path(root).resolve() or os.path.samefile(recorded, root)
+    except OSError:
+        return False
+
+
+def folder_roots(folder: Path) -> set[str]:
+    """The dataset roots (absolute paths) recorded in the provenance of the caches under `folder`."""
+    roots = set()
+    try:
+        subs = [p for p in Path(folder).iterdir() if p.is_dir()]
+    except OSError:
+        return roots
+    for sub in subs:
+        try:
+            recorded = json.loads((sub / PROVENANCE_FILE).read_text()).get("source_root")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(recorded, str) and os.path.isabs(recorded):
+            roots.add(recorded)
+    return roots
+
+
 def dataset_folder(cache_dir: str | Path, dataset: str, root: str | Path) -> Path:
     """<cache_dir>/<dataset name>[-<root folder name>]: two datasets of one name in different folders
-    (data/synthetic, data/synthetic_bench) keep apart in a shared cache.dir."""
+    (data/synthetic, data/synthetic_bench) keep apart in a shared cache.dir.
+
+    Two roots with the same folder name (a/syn, b/syn) keep apart too: the folder belongs to the root its
+    caches were filled from (their provenance's source_root); another root that is there on this machine
+    gets <that name>-<digest of its absolute path> of its own. A recorded root that is not there (the data
+    moved, or is mounted elsewhere on this machine) still reads its folder (entries carry their source
+    file's identity)."""
     base = _safe(Path(str(root)).resolve().name) if str(root) else ""
     tag = _safe(dataset) if base in ("", _safe(dataset)) else f"{_safe(dataset)}-{base}"
-    return Path(cache_dir) / tag
+    if not str(root):
+        return Path(cache_dir) / tag
+    resolved = Path(str(root)).resolve()
+    own = Path(cache_dir) / f"{tag}-{hashlib.sha256(str(resolved).encode()).hexdigest()[:8]}"
+    if own.is_dir():
+        return own
+    shared = Path(cache_dir) / tag
+    if any(not _same_root(r, resolved) for r in folder_roots(shared)):
+        return own  # the folder holds another dataset's caches
+    return shared
 
 
 def _resolution(stage, view: str) -> list[int] | None:
@@ -99,7 +147,7 @@ def cache_location(*, cache_dir, dataset: str, root, view: str, stage) -> tuple[
             "settings": stage.settings,
             "resolution": res,
             "dataset": dataset,
-            "source_root": str(root),
+            "source_root": str(Path(str(root)).resolve()) if str(root) else "",
         }
     )
     key = json.dumps({k: v for k, v in provenance.items() if k not in INFO_KEYS}, sort_keys=True)
@@ -187,6 +235,12 @@ def ensure_provenance(path: Path, provenance: dict) -> None:
     diff = provenance_difference(have, provenance)
     if diff:
         raise UserError(f"the cache {path} {diff}; delete {path} to refill it with these settings")
+    theirs, ours = have.get("source_root"), provenance.get("source_root")
+    if isinstance(theirs, str) and isinstance(ours, str) and ours and not _same_root(theirs, Path(ours)):
+        raise UserError(
+            f"the cache {path} was filled from the dataset at {theirs}, not from {ours} (two dataset folders of "
+            f"one name started filling one cache.dir at once); rerun: the rerun fills a folder of its own"
+        )
 
 
 # ---- source identity ---------------------------------------------------------------------------
@@ -324,11 +378,13 @@ def write_bytes_atomic(path: Path, data) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:  # a disk error, or a signal's exception: never leave the temporary file
         try:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
+        if not isinstance(e, OSError):
+            raise
         hint = "free space on that disk" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "check the folder"
         raise UserError(
             f"cannot write {path} ({e.strerror or e}); {hint} or set cache.dir elsewhere, then rerun to resume "
@@ -399,13 +455,33 @@ class PartWriter:
         self.buffer = io.BytesIO()
 
 
+_HELD_LOCKS: set[int] = set()  # descriptors of the part locks this process holds
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child: close the copies of the parent's lock descriptors. An flock belongs to the open
+    file, shared by every copy of its descriptor, so a child that kept them (a precompute worker) would
+    hold its parent's parts after the parent died."""
+    for fd in list(_HELD_LOCKS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 class PartLock:
     """The writer lock of part k of a cache: an fcntl lock on part-XXXXX.lock, released when the
-    process ends however it ends. acquire(block=False) returns False when another process holds it."""
+    process ends however it ends (forked children do not inherit it: _drop_inherited_locks).
+    acquire(block=False) returns False when another process holds it."""
 
     def __init__(self, path: Path, k: int):
         self.file = Path(path) / f"{part_name(k)}.lock"
         self.fd: int | None = None
+        self.pid = 0
 
     def acquire(self, block: bool = False) -> bool:
         try:
@@ -419,7 +495,8 @@ class PartLock:
             return False
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
-        self.fd = fd
+        self.fd, self.pid = fd, os.getpid()
+        _HELD_LOCKS.add(fd)
         return True
 
     def holder(self) -> str:
@@ -429,9 +506,10 @@ class PartLock:
             return "?"
 
     def release(self) -> None:
-        if self.fd is not None:
+        if self.fd is not None and self.pid == os.getpid():  # a forked child's copy was closed at the fork
+            _HELD_LOCKS.discard(self.fd)
             os.close(self.fd)  # closing the descriptor releases the lock
-            self.fd = None
+        self.fd = None
 
 
 # ---- reading -----------------------------------------------------------------------------------

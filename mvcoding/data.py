@@ -37,13 +37,46 @@ def lengths_file(cfg) -> Path:
     return dataset_folder(cfg.cache.dir, cfg.dataset.name, cfg.dataset.root) / "lengths.json"
 
 
+FRAME_CACHES = ("rgb",)  # caches whose entries hold every frame of their video: their lengths are the videos'
+
+
+def cached_lengths(folder: Path) -> dict[str, dict]:
+    """{video_id: entry attrs (num_frames, fps, source identity)} of the frame caches (FRAME_CACHES: the
+    decode-once rgb cache) in a dataset's cache folder, read from the parts' indexes; unreadable parts
+    are left out (their videos' lengths are read from the videos)."""
+    from mvcoding.cache import part_paths, read_part, read_provenance
+
+    out: dict[str, dict] = {}
+    try:
+        caches = sorted(p for p in Path(folder).iterdir() if p.is_dir())
+    except OSError:
+        return out
+    for cache in caches:
+        try:
+            provenance = read_provenance(cache)
+        except UserError:
+            continue
+        if not isinstance(provenance, dict) or provenance.get("cache") not in FRAME_CACHES:
+            continue
+        for part in part_paths(cache):
+            try:
+                videos = read_part(part)["videos"]
+            except UserError:
+                continue
+            for vid, attrs in videos.items():
+                if isinstance(attrs, dict) and {"num_frames", "fps", "source_path"} <= set(attrs):
+                    out.setdefault(vid, attrs)
+    return out
+
+
 def video_lengths(records, cfg) -> dict[str, tuple[int, float]]:
-    """{video_id: (num_frames, fps)}, read once with decord and kept in lengths_file(cfg).
+    """{video_id: (num_frames, fps)}, kept in lengths_file(cfg): taken from the entries of a filled rgb
+    cache (cached_lengths: training from the cache opens no video file), else read once with decord.
 
     Entries are keyed by video id and carry the file's identity (path relative to dataset.root, size,
     mtime), like cache entries: an entry of another dataset or of a changed video is read again. A
     cache folder that cannot be written (read-only, full) keeps them in memory, with one log line."""
-    from mvcoding.cache import identity_difference, read_json, source_identity
+    from mvcoding.cache import IDENTITY_KEYS, identity_difference, read_json, source_identity
 
     root = str(cfg.dataset.root)
     path = lengths_file(cfg)
@@ -51,6 +84,15 @@ def video_lengths(records, cfg) -> dict[str, tuple[int, float]]:
     if not isinstance(known, dict) or not all(isinstance(v, dict) for v in known.values()):
         known = {}  # the format before lengths carried their file's identity
     todo = [r for r in records if r.video_id not in known or identity_difference(known[r.video_id], r.path, root)]
+    changed = bool(todo)
+    if todo:
+        cached = cached_lengths(path.parent)
+        for r in todo:
+            entry = cached.get(r.video_id)
+            if entry is not None and identity_difference(entry, r.path, root) is None:
+                known[r.video_id] = {**{k: entry[k] for k in IDENTITY_KEYS if k in entry},
+                                     "num_frames": int(entry["num_frames"]), "fps": float(entry["fps"])}  # fmt: skip
+        todo = [r for r in todo if identity_difference(known.get(r.video_id, {}), r.path, root)]
     if todo:
         log.info("reading the length of %d videos (once; kept in %s)", len(todo), path)
 
@@ -61,6 +103,7 @@ def video_lengths(records, cfg) -> dict[str, tuple[int, float]]:
         with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
             for r, entry in zip(todo, pool.map(read, todo), strict=True):
                 known[r.video_id] = entry
+    if changed:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(path, json.dumps(known))

@@ -19,6 +19,12 @@ recorded as failed in its part, and makes the run exit 1.
 Concurrency: a writer holds each part's lock (fcntl) while it plans and writes that part. A second
 run on the same shard skips the parts that are locked, fills the rest, then waits for the locked ones
 and checks them: the result equals a single run's.
+
+Stopping: the worker processes hold no lock (a forked child closes its copies: mvcoding.cache.PartLock)
+and die with the main process (Linux: PR_SET_PDEATHSIG; elsewhere a watchdog on the parent's pid), so
+a main process killed in any way (kill -9, the OOM killer) leaves nothing running and a rerun takes its
+parts over at once. SIGTERM and SIGINT of `mvcoding precompute` stop the workers, print one line and
+exit 128 + the signal's number; a part being committed is finished first, so only complete parts stay.
 """
 
 from __future__ import annotations
@@ -28,11 +34,13 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
@@ -112,9 +120,110 @@ def plan_parts(records, videos_per_part: int) -> list[list]:
     return [ordered[i : i + videos_per_part] for i in range(0, len(ordered), videos_per_part)]
 
 
-def _init_worker() -> None:
-    """One thread per worker process (the processes are the parallelism); Ctrl-C is the parent's to handle."""
+# ---- stopping --------------------------------------------------------------------------------
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT reached `mvcoding precompute` (raised in its main thread)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Deferral(threading.local):
+    depth = 0  # > 0 while a part is committed: a signal waits for the commit to end
+    pending = 0  # the signal that arrived meanwhile
+
+
+_DEFER = _Deferral()
+_STOPPING_PID = [0]  # the process whose signals _on_signal handles
+
+
+def _on_signal(signum, frame) -> None:
+    if os.getpid() != _STOPPING_PID[0]:  # a forked child (the dataset generator's pool): the default action
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    if _DEFER.depth:
+        _DEFER.pending = _DEFER.pending or signum
+        return
+    raise Interrupted(signum)
+
+
+@contextmanager
+def _signals_deferred():
+    """A signal that arrives in the block (where the stop handlers are installed) stops the run after it."""
+    _DEFER.depth += 1
+    try:
+        yield
+    finally:
+        _DEFER.depth -= 1
+    if not _DEFER.depth and _DEFER.pending:
+        signum, _DEFER.pending = _DEFER.pending, 0
+        raise Interrupted(signum)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextmanager
+def _stop_on_signals():
+    """SIGTERM and SIGINT raise Interrupted in the main thread (outside a part's commit); the previous
+    handlers come back after the block."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        _STOPPING_PID[0] = os.getpid()
+        for s in STOP_SIGNALS:
+            previous[s] = signal.signal(s, _on_signal)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _DEFER.pending = 0
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this (worker) process when `parent` dies: PR_SET_PDEATHSIG on Linux, else a watchdog thread."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            pr_set_pdeathsig = 1
+            if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) == 0:
+                if os.getppid() != parent:  # the parent died before the call
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+_BOARD = None  # in a worker: the shared board where it says which job it runs (_pool_results)
+_SLOT = -1
+
+
+def _init_worker(parent: int = 0, board=None, board_lock=None) -> None:
+    """One thread per worker process (the processes are the parallelism); signals are the parent's to
+    handle; the process dies with its parent; it takes a slot of `board` to say which job it runs."""
+    global _BOARD, _SLOT
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the parent's stop handler
+    if parent:
+        _die_with_parent(parent)
+    if board is not None and board_lock is not None:
+        with board_lock:
+            free = [i for i in range(0, len(board), 2) if board[i] == 0]
+            if free:
+                board[free[0]] = os.getpid()
+                _BOARD, _SLOT = board, free[0]
     os.environ["OMP_NUM_THREADS"] = "1"
     import cv2
 
@@ -227,7 +336,8 @@ def run_precompute(
             raise UserError(f"the {t.view} view's precompute stage has compression={t.stage.compression!r}; use one "
                             f"of: {', '.join(map(str, COMPRESSIONS))}")  # fmt: skip
         if t.stage.setup is not None:
-            t.stage.setup()  # fail before any work: missing weights and the like
+            t.stage.setup()  # fail before any work: missing weights, opencv-contrib and the like
+    for t in targets:
         ensure_provenance(t.path, t.provenance)
     summary = Summary(caches=[str(t.path) for t in targets])
     stages = [(t.view, t.stage) for t in targets]
@@ -353,10 +463,11 @@ def _write_part(p: _PartPlan, results: Iterator, targets, bar: Progress, summary
             bar.update()
         for _ in range(size - len(p.todo)):
             bar.update()
-        for ti, w in enumerate(writers):
-            if w is not None:
-                w.commit(failed[ti])
-                summary.parts_written += 1
+        with _signals_deferred():  # a stop waits for the part to be on disk: only complete parts stay
+            for ti, w in enumerate(writers):
+                if w is not None:
+                    w.commit(failed[ti])
+                    summary.parts_written += 1
     finally:
         for w in writers:
             if w is not None:
@@ -384,29 +495,66 @@ def _results(work: Callable, jobs: list, workers: int, start_method: str) -> Ite
         cv2.setNumThreads(prev)
 
 
+def _tracked(work: Callable, i: int, job):
+    """work(job) in a worker, with job number i written on the worker's slot of the board meanwhile."""
+    if _BOARD is not None:
+        _BOARD[_SLOT + 1] = i + 1
+    try:
+        return work(job)
+    finally:
+        if _BOARD is not None:
+            _BOARD[_SLOT + 1] = 0
+
+
+def _died_computing(board, procs: list, jobs: list) -> list[str]:
+    """The videos that the dead worker processes were computing: those that died of their own (killed for
+    memory, a crash), not of the pool's SIGTERM to the others once one had died."""
+    for _ in range(50):  # a worker's exit status can take a moment to be collected
+        dead = {p.pid: p.exitcode for p in procs if p.exitcode is not None}
+        culprits = {pid for pid, code in dead.items() if code not in (0, -signal.SIGTERM)} or set(dead)
+        running = [board[i + 1] - 1 for i in range(0, len(board), 2) if board[i] in culprits and board[i + 1] > 0]
+        if running:
+            return [jobs[j][0].video_id for j in sorted(running)]
+        time.sleep(0.02)
+    return []
+
+
 def _pool_results(work: Callable, jobs: list, workers: int, start_method: str) -> Iterator:
     ctx = multiprocessing.get_context(start_method)
-    pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker)
+    n = min(workers, len(jobs))
+    board, board_lock = ctx.RawArray("q", 2 * n), ctx.Lock()  # per worker: its pid, 1 + the job it runs
+    pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(), board, board_lock))
     pending: deque = deque()
-    todo = iter(jobs)
+    todo = iter(enumerate(jobs))
+    procs: dict = {}
+    finished = False
     try:
-        for job in islice(todo, 4 * workers):
-            pending.append((job, pool.submit(work, job)))
+        for i, job in islice(todo, 4 * workers):
+            pending.append((job, pool.submit(_tracked, work, i, job)))
         while pending:
+            procs.update(getattr(pool, "_processes", None) or {})  # the worker processes (all started by now)
             job, future = pending.popleft()
             try:
                 result = future.result()
             except BrokenProcessPool:
-                suspects = [job[0].video_id] + [j[0].video_id for j, f in pending if not f.done()][: workers - 1]
+                suspects = _died_computing(board, list(procs.values()), jobs)
+                if not suspects:  # not known: the job waited on, and those that may have been running
+                    suspects = [job[0].video_id] + [j[0].video_id for j, f in pending if not f.done()][: workers - 1]
                 raise UserError(
                     f"a worker process died (out of memory, or a video that crashes the decoder) while computing "
                     f"{' or '.join(suspects)}; finished parts are kept: rerun to resume (with fewer "
                     f"precompute.workers if memory ran out; with precompute.workers=1 a crash names its video)"
                 ) from None
-            for nxt in islice(todo, 1):
-                pending.append((nxt, pool.submit(work, nxt)))
+            for i, nxt in islice(todo, 1):
+                pending.append((nxt, pool.submit(_tracked, work, i, nxt)))
+            finished = not pending  # every job's result is in
             yield result
     finally:
+        if not finished:  # left early (an error, a signal): the workers stop now, not after their videos
+            procs.update(getattr(pool, "_processes", None) or {})
+            for p in procs.values():
+                if p.exitcode is None:
+                    p.terminate()
         pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -502,13 +650,16 @@ def main(argv: Sequence[str] | None = None, prog: str = "mvcoding precompute") -
     parser.add_argument("overrides", nargs="*", help="Hydra overrides key=value, as for `mvcoding train`")
     args = parser.parse_args(argv)
     try:
-        summary = run_precompute(**prepare_job(args.config, args.overrides, args.view))
+        with _stop_on_signals():
+            summary = run_precompute(**prepare_job(args.config, args.overrides, args.view))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume (finished parts are kept)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Interrupted: SIGTERM or SIGINT
+        signum = getattr(e, "signum", signal.SIGINT)
+        what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        print(f"{what}; rerun the same command to resume (finished parts are kept)", file=sys.stderr)
+        return 128 + signum
     print(summary.line())
     if summary.failed:
         vid, msg = next(iter(summary.failed.items()))

@@ -89,6 +89,45 @@ def test_location_names_dataset_cache_settings_and_resolution(tmp_path):
         cache_location(cache_dir=tmp_path, dataset="d", root="/d", view="v", stage=Precompute(print, resolution=[0, 4]))
 
 
+def test_two_roots_with_one_folder_name_keep_apart(tmp_path):
+    """a/syn and b/syn in one cache.dir: the folder belongs to the root its caches were filled from; another
+    root that is there gets a folder of its own; a root that moved (or a cache made before roots were
+    recorded) still reads its folder."""
+    a, b = tmp_path / "a" / "syn", tmp_path / "b" / "syn"
+    a.mkdir(parents=True), b.mkdir(parents=True)
+    cache = tmp_path / "cache"
+    stage = Precompute(compute=print, settings={"algorithm": "dis"}, resolution=[16, 24], label="dis")
+
+    def location(root):
+        return cache_location(cache_dir=cache, dataset="synthetic", root=root, view="flow", stage=stage)
+
+    pa, prov_a = location(a)
+    assert pa.parent == cache / "synthetic-syn" and prov_a["source_root"] == str(a)
+    assert location(b)[0] == pa  # nothing filled yet: either may take the folder
+    ensure_provenance(pa, prov_a)  # a fills it
+    pb, prov_b = location(b)
+    assert pb.parent.name.startswith("synthetic-syn-") and pb.parent != pa.parent
+    assert location(a)[0] == pa and location(f"{tmp_path}/b/../a/syn")[0] == pa  # the same root, however written
+    ensure_provenance(pb, prov_b)  # b fills its own; both read back their own folder
+    assert location(a)[0] == pa and location(b)[0] == pb
+    c = dataset_folder(cache, "synthetic", tmp_path / "c" / "syn")  # a third: a third folder
+    assert c.name.startswith("synthetic-syn-") and c not in (pa.parent, pb.parent)
+    # the two started at once on an empty cache.dir: the second is one line, and its rerun keeps apart
+    other = cache / "synthetic-syn" / "rgb-raw-native-00000000"
+    ensure_provenance(other, {**prov_a, "cache": "rgb"})
+    with pytest.raises(UserError, match=r"^the cache .* was filled from the dataset at .*a/syn, not from .*b/syn"):
+        ensure_provenance(other, {**prov_b, "cache": "rgb"})
+    # a recorded root that is not there any more (moved, or mounted elsewhere here) keeps its folder
+    moved = tmp_path / "moved" / "syn"
+    a.rename(tmp_path / "a" / "gone")
+    moved.mkdir(parents=True)
+    assert location(moved)[0] == pa
+    # caches made before roots were recorded (a relative source_root) stay readable where they are
+    legacy = tmp_path / "legacy"
+    ensure_provenance(legacy / "ucf101" / "flow-x", {**PROV, "source_root": "data/ucf101"})
+    assert dataset_folder(legacy, "ucf101", tmp_path / "ucf101") == legacy / "ucf101"
+
+
 def test_quantize_error_within_bound_over_255():
     x = np.linspace(-25, 25, 10001, dtype=np.float32)
     u = quantize(x, 20.0)

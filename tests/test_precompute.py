@@ -112,13 +112,17 @@ def fake_array(video_id: str) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (3 + seed % 4, 1, 8, 8), dtype=np.uint8)
 
 
-def fake_entry(source, *, delay: float = 0.0, log: str | None = None):
-    """A precompute stage that decodes nothing; `log` collects the ids computed."""
-    time.sleep(delay)
+def fake_entry(source, *, delay: float = 0.0, log: str | None = None, crash_after: str | None = None):
+    """A precompute stage that decodes nothing; `log` collects the ids computed; a "slow" video takes a
+    second; a "crash" video kills its process (once the file `crash_after` exists, if given)."""
+    time.sleep(delay + (1.0 if "slow" in source.video_id else 0.0))
     if log:
         with open(log, "a") as f:
             f.write(source.video_id + "\n")
     if "crash" in source.video_id:
+        deadline = time.monotonic() + 60
+        while crash_after and not os.path.exists(crash_after) and time.monotonic() < deadline:
+            time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGKILL)  # as a decoder segfault or the OOM killer would
     if "broken" in source.video_id:
         raise UserError(f"cannot decode video {source.path}: broken")
@@ -223,9 +227,14 @@ def test_failed_video_is_reported_kept_out_and_retried(tmp_path, capsys):
 def test_a_worker_that_dies_is_named_not_waited_for(tmp_path):
     records = fake_records(tmp_path, 6)
     crash = VideoRecord("UCF-101/C1/crash", records[0].path, 1)
+    slow = VideoRecord("UCF-101/C1/a_slow", records[1].path, 1)  # part 1 is [a_slow, crash]
     out = tmp_path / "cache"
-    with pytest.raises(UserError, match="worker process died .* computing UCF-101/C1/crash.*rerun to resume"):
-        run([*records, crash], out, workers=2)
+    # one worker computes a_slow, the other the crash, which waits for part 0 to be written: the main process
+    # is then waiting for a_slow, whose worker is alive, when the other worker dies
+    compute = partial(fake_entry, crash_after=str(out / "part-00000.h5"))
+    msg = "worker process died .* while computing UCF-101/C1/crash; finished parts are kept: rerun to resume"
+    with pytest.raises(UserError, match=msg):  # the video of the worker that died, not the others'
+        run([*records, crash, slow], out, workers=2, compute=compute)
     assert (out / "part-00000.h5").exists() and not list(out.glob("*.tmp*"))  # the parts before it are kept
 
 
@@ -418,6 +427,31 @@ def test_precompute_user_errors_are_one_line(tmp_path, ucf, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0 and "precompute.shard=i/n" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("algorithm", ["tvl1", "raft_small"])
+def test_a_flow_algorithm_that_cannot_run_here_is_one_line_before_any_video(tmp_path, ucf, capsys, monkeypatch,
+                                                                            algorithm):  # fmt: skip
+    import torch
+
+    import mvcoding.video
+
+    if algorithm == "tvl1" and hasattr(cv2, "optflow"):
+        pytest.skip("opencv-contrib is installed: TV-L1 runs here")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no RAFT weights there
+    decoded = []
+    monkeypatch.setattr(mvcoding.video, "decode_all", lambda *a: decoded.append(a[0]))
+    config = write_config(tmp_path, f"flow:\n  algorithm: {algorithm}\n")
+    assert main(["flow", str(config), f"dataset.root={ucf}", "precompute.workers=1"]) == 2
+    err = capsys.readouterr().err
+    fix = (
+        "pip install --force-reinstall --no-deps opencv-contrib-python"
+        if algorithm == "tvl1"
+        else "not found; download"
+    )
+    assert err.startswith(f"error: views.flow.algorithm={algorithm} cannot run here") and fix in err, err
+    assert err.count("\n") == 1 and decoded == []  # one line, and no video was decoded
+    assert not list((ucf / "cache").rglob("part-*")) and not list((ucf / "cache").rglob("provenance.json"))
 
 
 def test_tool_scripts_and_the_command_run(tmp_path):

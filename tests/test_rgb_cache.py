@@ -4,6 +4,7 @@ decode per item for views of the same frames, and training that never opens a vi
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import h5py
@@ -13,13 +14,13 @@ import torch
 
 from conftest import SYNTHETIC, tiny
 from mvcoding.config import load_config
-from mvcoding.data import MultiViewClips, video_lengths
+from mvcoding.data import MultiViewClips, collate, lengths_file, video_lengths
 from mvcoding.datasets import load_dataset
 from mvcoding.model import build_views
 from mvcoding.precompute import main as precompute
 from mvcoding.registry import Clip, model_input
 from mvcoding.train import train
-from mvcoding.video import read_frames
+from mvcoding.video import read_frames, video_info
 
 
 @pytest.fixture
@@ -91,7 +92,7 @@ def test_views_of_the_same_frames_decode_once_per_item(root, cached, monkeypatch
 def test_training_from_the_rgb_and_flow_caches_opens_no_video(root, tmp_path, monkeypatch):
     cfg, over = cfg_with(root, rgb="{cache: true}")
     assert precompute(["all", SYNTHETIC, *over]) == 0
-    video_lengths(load_dataset(cfg.dataset).records("all"), cfg)  # lengths are read once, with the cache
+    assert not lengths_file(cfg).exists()  # the lengths come from the rgb cache's entries
 
     import decord
 
@@ -101,6 +102,30 @@ def test_training_from_the_rgb_and_flow_caches_opens_no_video(root, tmp_path, mo
     monkeypatch.setattr(decord, "VideoReader", refuse)
     run = train(load_config(SYNTHETIC, over + [f"run.dir={tmp_path / 'run'}", "train.max_steps=2"]))
     assert (run / "checkpoints" / "last.pt").is_file()
+
+
+def test_lengths_come_from_the_rgb_cache_entries_not_the_videos(root, monkeypatch):
+    import decord
+
+    cfg, over = cfg_with(root, rgb="{cache: true, cache_format: raw}")
+    assert precompute(["rgb", SYNTHETIC, *over]) == 0
+    records = load_dataset(cfg.dataset).records("all")
+    truth = {r.video_id: video_info(r.path)[:2] for r in records}
+    assert not lengths_file(cfg).exists()
+    opened = []
+    real = decord.VideoReader
+    monkeypatch.setattr(decord, "VideoReader", lambda path, *a, **k: opened.append(path) or real(path, *a, **k))
+    assert video_lengths(records, cfg) == truth and opened == []
+    assert lengths_file(cfg).is_file()  # kept beside the caches for the next run
+    train = load_dataset(cfg.dataset).records("train")
+    data = MultiViewClips(train, build_views(cfg, ["rgb"]), video_lengths(train, cfg), frames=4, stride=2, train=True)
+    batch = collate([data[i] for i in range(4)])
+    assert batch["rgb"].shape == (4, 3, 4, 32, 32) and opened == []  # a batch, and still no video opened
+    # a video changed since the cache was filled: its length is read from it (the cache's entry is not its)
+    lengths_file(cfg).unlink()
+    changed = records[2]
+    os.utime(changed.path, ns=(os.stat(changed.path).st_atime_ns, os.stat(changed.path).st_mtime_ns + 10**9))
+    assert video_lengths(records, cfg) == truth and set(opened) == {changed.path}
 
 
 def test_raw_and_video_decoding_give_the_same_training_items(root):
