@@ -23,6 +23,7 @@ from torch import nn
 from torchvision.models import video as tvv
 
 from mvcoding.errors import UserError
+from mvcoding.files import load_weights
 
 # A builder takes (in_channels, pretrained, width) as keywords and returns a module with `feat_dim`.
 Builder = Callable[..., nn.Module]
@@ -66,7 +67,8 @@ def adapt_first_conv(model: nn.Module, in_channels: int, *, inherit: bool) -> nn
 
 
 def _cached_state_dict(name: str, weights: tvm.WeightsEnum) -> dict[str, torch.Tensor]:
-    """torchvision's default weights for `name`, read from the torch hub cache; never downloads."""
+    """torchvision's default weights for `name`, read from the torch hub cache; never downloads. Read with
+    weights_only=True (mvcoding.files.load_weights): a file there that would run code is refused in one line."""
     filename = os.path.basename(weights.url)
     path = Path(torch.hub.get_dir()) / "checkpoints" / filename
     if not path.is_file():
@@ -74,7 +76,7 @@ def _cached_state_dict(name: str, weights: tvm.WeightsEnum) -> dict[str, torch.T
             f"pretrained weights for encoder {name!r} not found: download {weights.url} and put it at {path} "
             "(the torch hub cache; set TORCH_HOME to move it), or use pretrained=False"
         )
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_weights(path, f"the pretrained weights of encoder {name!r}")  # weights_only=True
 
 
 def _torchvision(

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -70,13 +73,68 @@ def find_checkpoint(path: str | Path) -> Path | None:
     return path if path.is_file() else None
 
 
+def _refused_global(e: pickle.UnpicklingError) -> str | None:
+    """The line of torch's weights-only refusal naming the class or function the file wanted, or None."""
+    return next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), None)
+
+
+def _not_plain(e: pickle.UnpicklingError) -> str:
+    """Why torch refused a file with weights_only=True, in a few words: what unpickling it would call."""
+    m = re.search(r"GLOBAL ([\w.]+)", str(e))
+    return f"unpickling it would call {m.group(1)}" if m else first_line(e, 120)
+
+
 def load_safe(path: str | Path):
     """torch.load(path, weights_only=True) on the CPU: tensors and plain data only, so a file from
     someone else cannot run code. A file that needs anything more is refused in one UserError line."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        refused = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]  # a class or function
+        refused = _refused_global(e)  # a class or function
         if not refused:
             raise  # not a refusal but a damaged file, for the caller to report
-        raise UserError(f"refusing to load {path}: it holds more than tensors and plain data ({refused[0]})") from e
+        raise UserError(f"refusing to load {path}: it holds more than tensors and plain data ({refused})") from e
+
+
+def load_weights(path: str | Path, what: str):
+    """A downloaded weights file (a state dict) `path` read with torch.load(weights_only=True) on the CPU,
+    so a file that would run code when unpickled never does. A refused file ("<what> <path> is not a plain
+    weights file") or a damaged one is one UserError line; `what` names it ("RAFT weights")."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(
+            f"refusing to load {what} {path}: it is not a plain weights file ({_not_plain(e)}); "
+            "delete it and download the official file again"
+        ) from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise UserError(
+            f"cannot read {what} {path} ({first_line(e).split('. ')[0][:120]}): a damaged or partial file; "
+            "delete it and download it again"
+        ) from e
+
+
+@contextmanager
+def weights_only_loads(what: str) -> Iterator[None]:
+    """Within: every torch.load, also those of third-party code (a torch.hub repo's model constructor,
+    torch.hub.load_state_dict_from_url, whose default is weights_only=False), loads with weights_only=True
+    (torch's TORCH_FORCE_WEIGHTS_ONLY_LOAD), so a file planted in the hub cache cannot run code; a refused
+    file is one UserError line naming `what` loaded it and the hub cache's folder."""
+    keys = ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ[keys[0]] = "1"
+    os.environ.pop(keys[1], None)  # torch refuses both at once
+    try:
+        yield
+    except pickle.UnpicklingError as e:
+        folder = Path(torch.hub.get_dir()) / "checkpoints"
+        raise UserError(
+            f"refusing a file that {what} loaded: it is not a plain weights file ({_not_plain(e)}); "
+            f"delete the files it reads from {folder} and download the official ones again"
+        ) from e
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -29,6 +29,7 @@ import torch
 
 from mvcoding.encoders import build_encoder
 from mvcoding.errors import UserError
+from mvcoding.files import load_weights, weights_only_loads
 from mvcoding.registry import Aug, Precompute, Source, View, ViewContext, register_view
 from mvcoding.transforms import crop_resize
 
@@ -104,9 +105,13 @@ def load_midas(hub_repo, model: str, weights, device: str, *, check_only: bool =
     if (model, device) not in _MIDAS:
         import torch
 
-        net = torch.hub.load(str(hub_repo), model, source="local", pretrained=False)
-        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        tf = torch.hub.load(str(hub_repo), "transforms", source="local")
+        # the hub repo's constructors load backbone weights from the hub cache themselves (MiDaS_small:
+        # gen-efficientnet through torch.hub.load_state_dict_from_url, weights_only=False by default):
+        # weights_only_loads makes every load of theirs weights_only=True, as ours is
+        with weights_only_loads(f"the MiDaS hub repo {hub_repo} ({model})"):
+            net = torch.hub.load(str(hub_repo), model, source="local", pretrained=False)
+            tf = torch.hub.load(str(hub_repo), "transforms", source="local")
+        net.load_state_dict(load_weights(weights, "MiDaS weights (views.depth.weights)"))
         transform = tf.small_transform if model == "MiDaS_small" else tf.dpt_transform
         _MIDAS[(model, device)] = (net.eval().to(device), transform)
     return _MIDAS[(model, device)]

@@ -9,6 +9,15 @@ flow frame at the same t. The last frame has no successor: flow[T-1] repeats flo
 ends at the video's last frame still sees the motion there); a one-frame video gets zero flow.
 The OpenCV algorithms run on grayscale frames; RAFT on the RGB frames.
 
+Farneback's `gain`: OpenCV's Farneback solves a 2x2 system per pixel whose determinant it pads with a
+fixed 1e-3 (meant for 0..255 contrast); the determinant grows with the fourth power of the contrast, so
+on dim or smooth texture (a few grey levels: real footage's shadows, dark clips) that padding pulled the
+flow towards zero (a 3 px shift of a 1/f texture of 3 grey levels came out as 1.3 px, 2 levels 0.2 px).
+The grey frames are multiplied by `gain` (16, as float32) first, which makes the padding 16^4 times
+smaller: such texture then gives the shift within 0.05 px (tests/test_flow_accuracy.py), like DIS.
+Flat noise without texture then gets noise-driven flow (a few px) as DIS gives it; gain=1 is OpenCV's
+behaviour.
+
 Every algorithm is one entry of ALGORITHMS: its default parameters and the function computing the
 pairs. `resolve_params` merges a config's parameters over the defaults (a misspelt one is an error),
 and the resolved parameters (less the runtime ones) identify the cache. The cache stores flow
@@ -28,6 +37,7 @@ import torch
 from mvcoding.cache import quantize
 from mvcoding.encoders import build_encoder
 from mvcoding.errors import UserError
+from mvcoding.files import load_weights
 from mvcoding.registry import Aug, Precompute, Source, View, ViewContext, register_view
 from mvcoding.transforms import crop_box, crop_resize
 
@@ -48,8 +58,12 @@ def _gray(frames: np.ndarray) -> list[np.ndarray]:
     return [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
 
 
-def _opencv_pairs(frames: np.ndarray, calc: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+def _opencv_pairs(
+    frames: np.ndarray, calc: Callable[[np.ndarray, np.ndarray], np.ndarray], gain: float | None = None
+) -> np.ndarray:
     gray = _gray(frames)
+    if gain is not None:  # float32 frames of grey levels times gain
+        gray = [g.astype(np.float32) * np.float32(gain) for g in gray]
     out = np.empty((len(gray) - 1, 2, *gray[0].shape), np.float32)
     for t in range(len(gray) - 1):
         out[t] = calc(gray[t], gray[t + 1]).transpose(2, 0, 1)  # (H, W, 2) -> (2, H, W)
@@ -65,11 +79,17 @@ def _dis(frames: np.ndarray, *, preset: str) -> np.ndarray:
     return _opencv_pairs(frames, lambda a, b: dis.calc(a, b, None))
 
 
-def _farneback(frames: np.ndarray, **p) -> np.ndarray:
+def _check_gain(gain) -> None:
+    if isinstance(gain, bool) or not isinstance(gain, int | float) or not 0 < gain < 1e6:
+        raise UserError(f"Farneback gain={gain!r} is not valid: a positive number (default 16; see views/flow.py)")
+
+
+def _farneback(frames: np.ndarray, *, gain: float, **p) -> np.ndarray:
     import cv2
 
+    _check_gain(gain)
     args = (p["pyr_scale"], p["levels"], p["winsize"], p["iterations"], p["poly_n"], p["poly_sigma"], 0)
-    return _opencv_pairs(frames, lambda a, b: cv2.calcOpticalFlowFarneback(a, b, None, *args))
+    return _opencv_pairs(frames, lambda a, b: cv2.calcOpticalFlowFarneback(a, b, None, *args), gain)
 
 
 def tvl1_factory() -> Callable:
@@ -102,11 +122,24 @@ def raft_weights_file(name: str) -> tuple[Path, str]:
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1], url
 
 
+def check_setup(algorithm: str, name: str | None = None) -> None:
+    """The flow stage's Precompute.setup: TV-L1 without opencv-contrib, or RAFT without its weights, is one
+    line before any video (not a failure stored for every video). name: RAFT's weights ("raft_small")."""
+    try:
+        if algorithm == "tvl1":
+            tvl1_factory()
+        elif algorithm.startswith("raft"):
+            path, url = raft_weights_file(name or algorithm)
+            if not path.is_file():
+                raise UserError(f"RAFT weights {path} not found; download {url} to that path (curl -L -o {path} {url})")
+    except UserError as e:
+        raise UserError(f"views.flow.algorithm={algorithm} cannot run here: {e}") from None
+
+
 _RAFT: dict = {}  # (name, device) -> model, loaded once per process
 
 
 def _raft_model(name: str, device: str):
-    import torch
     from torchvision.models import optical_flow
 
     if (name, device) not in _RAFT:
@@ -114,7 +147,7 @@ def _raft_model(name: str, device: str):
         if not path.is_file():
             raise UserError(f"RAFT weights {path} not found; download {url} to that path (curl -L -o {path} {url})")
         model = getattr(optical_flow, name)(weights=None)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        model.load_state_dict(load_weights(path, "RAFT weights"))  # weights_only=True: a payload is refused
         _RAFT[(name, device)] = model.eval().to(device)
     return _RAFT[(name, device)]
 
@@ -146,8 +179,9 @@ def _raft(frames: np.ndarray, *, name: str, batch: int, iters: int, device: str)
 
 ALGORITHMS: dict[str, Algorithm] = {
     "dis": Algorithm(_dis, {"preset": "medium"}),
-    "farneback": Algorithm(
-        _farneback, {"pyr_scale": 0.5, "levels": 3, "winsize": 15, "iterations": 3, "poly_n": 5, "poly_sigma": 1.2}
+    "farneback": Algorithm(  # gain: the grey levels' multiplier (the module doc says why)
+        _farneback,
+        {"pyr_scale": 0.5, "levels": 3, "winsize": 15, "iterations": 3, "poly_n": 5, "poly_sigma": 1.2, "gain": 16},
     ),
     "tvl1": Algorithm(_tvl1, {}),  # OpenCV's defaults (tau 0.25, lambda 0.15, theta 0.3, 5 scales, ...)
     "raft_small": Algorithm(_raft, {"name": "raft_small", "batch": 16, "iters": 12, "device": "auto"}),
@@ -165,7 +199,10 @@ def resolve_params(algorithm: str, params: dict | None = None) -> dict:
     if unknown:
         valid = ", ".join(defaults) or "none"
         raise UserError(f"unknown parameter {unknown[0]!r} of flow algorithm {algorithm!r}; valid: {valid}")
-    return {**defaults, **(params or {})}
+    resolved = {**defaults, **(params or {})}
+    if algorithm == "farneback":
+        _check_gain(resolved["gain"])  # when the view is built, before any precompute
+    return resolved
 
 
 def compute_flow(frames: np.ndarray, algorithm: str = "dis", **params) -> np.ndarray:
@@ -222,6 +259,7 @@ def flow(
         label=algorithm,
         gpu=algorithm.startswith("raft"),
         offset=offset,
+        setup=partial(check_setup, algorithm, resolved.get("name")),
     )
     return View(
         name="flow",
