@@ -8,12 +8,16 @@ them: per clip the mean over crops, per video the mean over clips. Written to `o
         "checkpoint_sha256", "config"}): tensors and plain data, loadable with weights_only=True
   .npy  the (V, D) video features, with the clip features in <out>.clips.npy
 and beside it <out>.json: the index, one entry per row: {"video_id", "path", "label", "class", "split"}.
+Before any feature is computed, `out` is checked (check_writable): an output that cannot be written
+is one line at once, not after the whole split has gone through the encoders.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -32,6 +36,29 @@ def save_npy(array: np.ndarray, path: Path) -> None:
         np.save(f, array)
 
 
+def outputs(out: Path) -> list[Path]:
+    """The files extract writes for `out`: out itself, <out>.clips.npy for .npy, and <out>.json."""
+    return [out, *([out.with_suffix(".clips.npy")] if out.suffix == ".npy" else []), out.with_suffix(".json")]
+
+
+def check_writable(out: Path) -> None:
+    """UserError (one line) when the outputs of `out` cannot be written: one of them is a folder, a parent
+    is a file, or the nearest existing folder does not take a new file (read-only, no permission, full).
+    Run before any feature is computed; creates nothing (a probe file is made and removed)."""
+    for path in outputs(out):
+        if path.is_dir():
+            raise UserError(f"out={out}: {path} is a folder; name a file to write, e.g. out={path / 'features.pt'}")
+    folder = next((p for p in (out.parent, *out.parent.parents) if p.exists() or p == p.parent), out.parent)
+    if not folder.is_dir():
+        raise UserError(f"out={out} cannot be written: {folder} is a file, not a folder; choose another out=")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"out={out} cannot be written: {folder}: {e.strerror or e}; choose another out=") from e
+
+
 def extract(cfg, *, split: str = "all", out: str | None = None) -> Path:
     """Extract and write the features; returns the output file."""
     from mvcoding.eval import features
@@ -43,6 +70,7 @@ def extract(cfg, *, split: str = "all", out: str | None = None) -> Path:
     out = Path(out or f"features-{split}.pt")
     if out.suffix not in (".pt", ".npy"):
         raise UserError(f"out={out} is not valid: a .pt or .npy file")
+    check_writable(out)  # before any work: a path that cannot be written is found in a second, not after hours
     s = features.prepare(cfg, cfg.checkpoint, random_init=False)
     parts = [("train", s.index.train), ("test", s.index.test)]
     parts = [(name, records) for name, records in parts if split in (name, "all")]

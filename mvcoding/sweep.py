@@ -15,7 +15,8 @@ The spec (YAML)::
       - {name: random init, group: baseline, pretrain: false}   # eval.random_init=true, no pretraining
 
 A cell takes the keys name (required), group, config, overrides and pretrain (default true).
-Relative config paths resolve against the current directory, then the spec's folder. The sweep sets
+Relative config paths resolve against the current directory, then the spec's folder; a config that
+is neither is a packaged config's name, as `mvcoding train` takes it (config: synthetic_rgb_flow). The sweep sets
 seed, run.dir, resume, checkpoint and eval.random_init itself; a spec that sets them is an error.
 Before pretraining, the caches of the cell's views are filled (`mvcoding precompute all` for the
 cell's config: every view with a precompute stage, e.g. flow and depth; it skips what is cached);
@@ -224,14 +225,24 @@ def _strings(value, where: str) -> list[str]:
 
 
 def _resolve(path, spec_path: Path, where: str) -> Path:
+    """A cell's config: a YAML path (relative to the current directory, then to the spec's folder), else
+    a packaged config's name as `mvcoding train` takes it (mvcoding.config.resolve_config)."""
+    from mvcoding.config import packaged_configs, resolve_config
+
     if not isinstance(path, str) or not path:
-        raise UserError(f"{where} must be a YAML config path, e.g. configs/synthetic_rgb_flow.yaml; got {path!r}")
+        raise UserError(f"{where} must be a YAML config path or a packaged config's name, e.g. synthetic_rgb_flow "
+                        f"or configs/synthetic_rgb_flow.yaml; got {path!r}")  # fmt: skip
     p = Path(path).expanduser()
     tried = [p] if p.is_absolute() else [p, spec_path.parent / p]
     for candidate in tried:
         if candidate.is_file():
             return candidate
-    raise UserError(f"{where}: config {path} not found (looked at {', '.join(map(str, tried))})")
+    try:
+        return resolve_config(path)
+    except UserError:
+        pass
+    raise UserError(f"{where}: config {path} not found (looked at {', '.join(map(str, tried))}, and it is not a "
+                    f"packaged config: {', '.join(packaged_configs())})")  # fmt: skip
 
 
 def _unknown(d: dict, valid: Sequence[str], where: str) -> None:

@@ -7,8 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_transfer import Tiny
 
 from conftest import SYNTHETIC, tiny
+from mvcoding import load_encoder
 from mvcoding.cli import main
 from mvcoding.config import load_config
 from mvcoding.datasets import load_dataset
@@ -46,14 +48,75 @@ def test_features_are_the_encoder_on_each_clip_averaged(synthetic_root, checkpoi
     assert index == got["index"]
 
 
-def test_npy_output_and_all_splits(synthetic_root, checkpoint, tmp_path):
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """test_transfer's tiny list-file dataset (56 x 32 frames: its 3 crops differ) and rgb checkpoint."""
+    return Tiny(tmp_path_factory.mktemp("extract_wide"))
+
+
+def test_npy_output_and_all_splits(wide, tmp_path):
+    """The .npy rows are the checkpoint's rgb encoder (loaded with the public mvcoding.load_encoder) on
+    each clip's 3 crops, averaged over the crops (clip rows) and then over the 2 clips (video rows), in
+    the index's order: train videos, then test videos."""
     out = tmp_path / "f.npy"
-    over = tiny(synthetic_root, **{"checkpoint": checkpoint, "eval.clips": 1})
-    assert main(["extract", SYNTHETIC, *over, f"out={out}"]) == 0
+    over = [f"checkpoint={wide.checkpoint}", "eval.clips=2", "eval.crops=3"]
+    assert main(["extract", str(wide.config), *over, f"out={out}"]) == 0
     video, clips = np.load(out), np.load(out.with_suffix(".clips.npy"))
     index = json.loads(out.with_suffix(".json").read_text())["index"]
-    assert video.shape[0] == len(index) == 24 and clips.shape[:2] == (24, 1)
-    assert {e["split"] for e in index} == {"train", "test"}
+    assert video.shape[0] == len(index) == 18 and clips.shape[:2] == (18, 2) and video.shape[1] == clips.shape[2]
+    assert [e["split"] for e in index] == ["train"] * 12 + ["test"] * 6
+    s = prepare(wide.cfg(**{"eval.crops": 3}), wide.checkpoint, random_init=False)  # the eval clips (data only)
+    records = s.index.train + s.index.test
+    assert [e["video_id"] for e in index] == [r.video_id for r in records]
+    encoder = load_encoder(wide.checkpoint, "rgb").eval()
+    data = EvalClips(records, s.views, s.lengths, frames=4, stride=2, clips=2, crops=3)
+    with torch.no_grad():
+        for v in (0, 12, 17):  # the first train video, the first and the last test video
+            per_clip, first = [], []
+            for c in (0, 1):
+                x = s.views["rgb"].device_transform(data[2 * v + c]["rgb"])  # (3 crops, C, T, H, W)
+                assert x.shape[0] == 3 and not torch.allclose(x[0], x[2])  # the crops differ
+                per_clip.append(encoder(x).mean(0))  # the mean over the 3 crops
+                first.append(encoder(x)[0])
+            np.testing.assert_allclose(clips[v], torch.stack(per_clip).numpy(), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(video[v], ((per_clip[0] + per_clip[1]) / 2).numpy(), rtol=1e-4, atol=1e-5)
+            assert not np.allclose(clips[v], torch.stack(first).numpy(), atol=1e-4)  # not the first crop alone
+
+
+@pytest.mark.parametrize("where", ["under a file", "a folder", "json beside is a folder", "read-only"])
+def test_an_output_that_cannot_be_written_is_one_line_before_any_feature(synthetic_root, checkpoint, tmp_path,
+                                                                         capsys, monkeypatch, where):  # fmt: skip
+    import errno
+
+    from mvcoding import extract
+    from mvcoding.eval import features
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("features were computed before the output was checked")
+
+    monkeypatch.setattr(features, "prepare", no_work)
+    (tmp_path / "file").write_text("x")
+    out = {"under a file": tmp_path / "file" / "sub" / "f.pt", "a folder": tmp_path / "d.pt",
+           "json beside is a folder": tmp_path / "g.npy", "read-only": tmp_path / "new" / "f.pt"}[where]  # fmt: skip
+    if where == "a folder":
+        out.mkdir()
+    if where == "json beside is a folder":
+        out.with_suffix(".json").mkdir()
+    if where == "read-only":  # what a read-only mount answers (root passes permission checks: simulated)
+        (tmp_path / "new").mkdir()
+
+        def read_only(*args, **kwargs):
+            raise OSError(errno.EROFS, "Read-only file system")
+
+        monkeypatch.setattr(extract.tempfile, "mkstemp", read_only)
+    over = tiny(synthetic_root, **{"checkpoint": checkpoint})
+    assert main(["extract", SYNTHETIC, *over, f"out={out}"]) == 2
+    err = capsys.readouterr().err.strip()
+    expected = {"under a file": f"{tmp_path / 'file'} is a file, not a folder", "a folder": f"{out} is a folder",
+                "json beside is a folder": f"{out.with_suffix('.json')} is a folder",
+                "read-only": "Read-only file system"}[where]  # fmt: skip
+    assert err.startswith("error: out=") and "\n" not in err and expected in err, err
+    assert not any(".probe" in p.name for p in tmp_path.rglob("*"))  # nothing left behind
 
 
 def test_bad_arguments_are_one_line(synthetic_root, checkpoint, tmp_path, capsys):

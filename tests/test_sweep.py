@@ -15,6 +15,7 @@ from conftest import SYNTHETIC, tiny
 from mvcoding import sweep
 from mvcoding.cli import main
 
+EVALS = ("linear", "retrieval")
 FAST = {"train.max_steps": 2, "eval.linear.epochs": 3, "eval.clips": 1}
 CELLS = [
     {"name": "rgb+flow (in-batch)", "group": "views", "overrides": ["objective.negatives=in_batch"]},
@@ -122,7 +123,7 @@ def test_overrides_merge_with_the_cells_winning_and_names_become_folders():
         ({"config": SYNTHETIC, "cells": [{"name": "a", "overides": []}]}, "unknown key 'overides' in cell 'a'"),
         ({"config": SYNTHETIC, "cells": [{"name": "a", "overrides": ["seed=3"]}]}, "use seeds:"),
         ({"config": "configs/nope.yaml", "cells": [{"name": "a"}]}, "configs/nope.yaml not found"),
-        ({"config": SYNTHETIC, "cells": [{"name": "a", "overrides": ["train.epoch=3"]}]}, "cell 'a': bad config"),
+        ({"config": SYNTHETIC, "cells": [{"name": "a", "overrides": ["train.epoch=3"]}]}, "train.epoch=3"),
         ({"config": SYNTHETIC, "cells": [{"name": "a", "overrides": ["eval.views=[rgb,rgb+]"]}]}, "has an empty part"),
         ({"config": SYNTHETIC, "cells": [{"name": "a", "overrides": ["eval.views=[rgb,rgb]"]}]}, "lists 'rgb' twice"),
         ({"config": SYNTHETIC, "cells": [{"name": "a", "overrides": ["eval.views=[rgb+dep]"]}]}, "'dep' is not a view"),
@@ -146,7 +147,57 @@ def test_dry_run_prints_every_cell_with_its_overrides_and_runs_nothing(tmp_path,
     assert not (tmp_path / "out").exists()
 
 
+def test_a_packaged_config_name_is_taken_as_train_takes_it(tmp_path, capsys, monkeypatch):
+    """config: synthetic_rgb_flow (or with .yaml), as `mvcoding train synthetic_rgb_flow` takes it, at the
+    top of the spec and in a cell; a name that is neither a file nor packaged is one line."""
+    from mvcoding.config import resolve_config
+
+    monkeypatch.chdir(tmp_path)
+    cells = [{"name": "a"}, {"name": "b", "config": "synthetic_rgb_flow.yaml"}]
+    spec = write_spec(tmp_path / "spec.yaml", config="synthetic_rgb_flow", cells=cells)
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    packaged = resolve_config("synthetic_rgb_flow")
+    assert [c.config for c in sweep.load_spec(spec).cells] == [packaged, packaged]
+    assert f"    {packaged} " in capsys.readouterr().out
+    write_spec(tmp_path / "spec.yaml", config="synthetic_rgb_flw", cells=cells)
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "config synthetic_rgb_flw not found" in err and "synthetic_rgb_flow" in err and "\n" not in err, err
+
+
 # ----------------------------------------------------------------------------- a real tiny sweep
+def assert_cell_is_its_results(rec: dict, folder: Path) -> None:
+    """cell.json's metrics and entries are its evaluations' results.json numbers: video_top1 and clip_top1
+    the linear probe's video and clip top-1, retrieval_r1 the retrieval's video-level recall@1 (not
+    clip_recall@1); "metrics" the first entry's."""
+    linear, retrieval = (json.loads((folder / f"eval-{t}" / "results.json").read_text()) for t in EVALS)
+    first = {"video_top1": linear["metrics"]["video_top1"], "clip_top1": linear["metrics"]["clip_top1"],
+             "retrieval_r1": retrieval["metrics"]["recall@1"]}  # fmt: skip
+    assert {k: rec["metrics"][k] for k in first} == first
+    assert list(rec["entries"]) == list(linear["entries"]) == list(retrieval["entries"])
+    for entry, m in rec["entries"].items():
+        lm, rm = linear["entries"][entry]["metrics"], retrieval["entries"][entry]["metrics"]
+        assert m == {"video_top1": lm["video_top1"], "clip_top1": lm["clip_top1"], "retrieval_r1": rm["recall@1"]}
+    assert rec["entries"][linear["entry"]] == first
+
+
+def test_cell_json_holds_each_evaluations_numbers_at_their_level(tmp_path, synthetic_root):
+    """One random-init cell with 2 clips per video whose video and clip levels differ in its results.json
+    (seed 2: probe video top-1 1/8, clip 3/16; retrieval recall@1 2/8, clip 3/16), so a cell.json that
+    swapped them, or took recall@1 at clip level, would differ too."""
+    over = tiny(synthetic_root, **{"eval.linear.epochs": 3, "eval.clips": 2, "eval.train_clips": 2})
+    spec = write_spec(tmp_path / "spec.yaml", config=SYNTHETIC, overrides=over, seeds=[2], cells=[CELLS[1]])
+    out = tmp_path / "out"
+    assert main(["sweep", str(spec), "--out", str(out)]) == 0
+    folder = out / "random-init" / "seed2"
+    rec = json.loads((folder / "cell.json").read_text())
+    linear, retrieval = (json.loads((folder / f"eval-{t}" / "results.json").read_text())["metrics"] for t in EVALS)
+    assert linear["video_top1"] != linear["clip_top1"] and retrieval["recall@1"] != retrieval["clip_recall@1"]
+    assert_cell_is_its_results(rec, folder)
+    assert rec["metrics"]["pretrain_seconds"] is None and rec["pretrain"] is False
+    assert json.loads((out / "results.json").read_text())["runs"] == [rec]
+
+
 def test_a_tiny_sweep_writes_every_file_and_reruns_only_what_is_missing(tmp_path, synthetic_root, caplog):
     caplog.set_level(logging.INFO, logger="mvcoding.sweep")
     overrides = tiny(synthetic_root, **FAST)
@@ -161,16 +212,9 @@ def test_a_tiny_sweep_writes_every_file_and_reruns_only_what_is_missing(tmp_path
     for (c, s), path in cells.items():
         rec = json.loads(path.read_text())
         assert rec["seed"] == s and rec["num_classes"] == 8 and rec["pretrain"] == (c != "random-init")
-        for key in ("video_top1", "clip_top1", "retrieval_r1"):
-            assert 0.0 <= rec["metrics"][key] <= 1.0
         # every eval.views entry's numbers, those of its evaluations' results.json; the first also in "metrics"
-        linear, retrieval = (json.loads((path.parent / f"eval-{t}" / "results.json").read_text())["entries"]
-                             for t in ("linear", "retrieval"))  # fmt: skip
+        assert_cell_is_its_results(rec, path.parent)
         assert list(rec["entries"]) == (["rgb", "rgb+flow"] if c != "random-init" else ["rgb"])
-        for entry, m in rec["entries"].items():
-            assert m["video_top1"] == linear[entry]["metrics"]["video_top1"]
-            assert m["retrieval_r1"] == retrieval[entry]["metrics"]["recall@1"]
-        assert rec["metrics"]["video_top1"] == rec["entries"]["rgb"]["video_top1"]
         assert (rec["metrics"]["pretrain_seconds"] is None) == (c == "random-init")
         assert (path.parent / "checkpoints" / "last.pt").is_file() == (c != "random-init")
         assert (path.parent / "eval-linear" / "results.json").is_file()

@@ -337,6 +337,109 @@ def test_features_are_reused_for_the_same_run_dir(tiny, linear_run, monkeypatch)
         evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **{"run.dir": linear_run, "eval.clips": 3}))
 
 
+def count_extractions(monkeypatch) -> list:
+    """Patch run_clips to record each call (one per split extracted) and run as before."""
+    calls, run = [], eval_features.run_clips
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("desc"))
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(eval_features, "run_clips", counting)
+    return calls
+
+
+def test_a_rerun_after_the_labels_of_the_test_list_changed_extracts_again(tiny, linear_run, tmp_path, monkeypatch):
+    """The same run.dir, the same list file with one label changed in place: the features are extracted
+    again and the accuracy is the new labels' (the probe gets every video right: 5/6 with one video
+    listed under another class), not 100% from the old features' labels. fuse refuses the two lists."""
+    lists = tiny.root / "test_edited.txt"
+    shutil.copyfile(tiny.root / "test.txt", lists)
+    out = tmp_path / "run"
+    over = {"checkpoint": tiny.checkpoint, "run.dir": out, "dataset.test_list": lists.name, "eval.crops": 1}
+    calls = count_extractions(monkeypatch)
+    evaluate("linear", tiny.cfg(**over))
+    assert json.loads((out / "results.json").read_text())["metrics"] == {"video_top1": 1.0, "clip_top1": 1.0}
+    assert calls == ["features train", "features test"]
+    path, label = lists.read_text().splitlines()[0].split()
+    lists.write_text("\n".join([f"{path} {(int(label) + 1) % 3}", *lists.read_text().splitlines()[1:]]) + "\n")
+    evaluate("linear", tiny.cfg(**over))
+    assert calls == ["features train", "features test"] * 2
+    results = json.loads((out / "results.json").read_text())
+    assert results["metrics"] == {"video_top1": 0.833333, "clip_top1": 0.833333}
+    assert torch.load(out / "features.pt", weights_only=True)["test"]["label"][:2].tolist() == [1, 1]  # the new label
+    with pytest.raises(UserError, match=r"cannot fuse: .* dataset \(videos, labels, list files\)"):
+        fuse(linear_run, out, out=tmp_path / "fused")
+    assert not (tmp_path / "fused").exists()
+
+
+def test_a_rerun_on_another_root_with_the_same_names_extracts_again_and_fuse_refuses(tiny, linear_run, tmp_path,
+                                                                                      monkeypatch, capsys):  # fmt: skip
+    """dataset.root pointed at another dataset with the same files, ids and labels (other pictures) in a
+    run.dir that holds the first root's features: they are extracted again from the new videos, and
+    `mvcoding eval fuse` of the two results is one line and exit 2."""
+    from mvcoding.cli import main
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny.root, other, ignore=shutil.ignore_patterns("cache"))
+    rng = np.random.default_rng(1)
+    for label, name in enumerate(CLASSES):
+        for i in range(TRAIN_PER_CLASS + TEST_PER_CLASS):
+            write_video(other / f"videos/{name}/v{i}.avi", _video(label, rng))
+    out = tmp_path / "run"
+    shutil.copytree(linear_run, out)  # the first root's features.pt
+    calls = count_extractions(monkeypatch)
+    evaluate("linear", tiny.cfg(checkpoint=tiny.checkpoint, **{"run.dir": out, "dataset.root": other}))
+    assert calls == ["features train", "features test"]
+    feats = torch.load(out / "features.pt", weights_only=True)
+    assert feats["key"]["dataset"]["root"] == str(other.resolve())
+    first = torch.load(linear_run / "features.pt", weights_only=True)
+    assert feats["test"]["x"].shape == first["test"]["x"].shape and not torch.allclose(feats["test"]["x"],
+                                                                                      first["test"]["x"])  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert results["dataset_root"] == str(other.resolve())
+    assert json.loads((linear_run / "results.json").read_text())["dataset_root"] == str(tiny.root.resolve())
+
+    capsys.readouterr()
+    assert main(["eval", "fuse", str(linear_run), str(out), f"--out={tmp_path / 'fused'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot fuse: ") and "\n" not in err and "dataset root" in err, err
+    assert str(other.resolve()) in err and not (tmp_path / "fused").exists()
+
+
+def test_the_dataset_identity_follows_the_root_the_labels_and_the_videos(tiny, tmp_path):
+    """dataset_identity (the features' key and results.json's dataset_root / dataset_sha256): the same for
+    the same data, another root with the same names, a list file with one label changed and a video
+    rewritten in place each change it; a copy of a list file under another name does not."""
+    from mvcoding.datasets import load_dataset
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny.root, root, ignore=shutil.ignore_patterns("cache"))
+
+    def identity(**over):
+        cfg = tiny.cfg(**{"dataset.root": root, **over})
+        return eval_features.dataset_identity(load_dataset(cfg.dataset))
+
+    base = identity()
+    assert base == identity() and base["root"] == str(root.resolve())
+    moved = tmp_path / "moved"
+    shutil.copytree(root, moved)
+    elsewhere = eval_features.dataset_identity(load_dataset(tiny.cfg(**{"dataset.root": moved}).dataset))
+    assert elsewhere["root"] != base["root"] and elsewhere["dataset_sha256"] != base["dataset_sha256"]
+    shutil.copyfile(root / "test.txt", root / "copy.txt")
+    assert identity(**{"dataset.test_list": "copy.txt"})["dataset_sha256"] == base["dataset_sha256"]
+    lines = (root / "test.txt").read_text().splitlines()
+    path, label = lines[-1].split()
+    (root / "test.txt").write_text("\n".join([*lines[:-1], f"{path} {(int(label) + 1) % 3}"]) + "\n")
+    relabelled = identity()
+    assert relabelled["dataset_sha256"] != base["dataset_sha256"] and relabelled["files_sha256"] == base["files_sha256"]
+    (root / "test.txt").write_text("\n".join(lines) + "\n")
+    assert identity() == base
+    write_video(root / path, _video(0, np.random.default_rng(5)))  # same name, other content
+    changed = identity()
+    assert changed["dataset_sha256"] == base["dataset_sha256"] and changed["files_sha256"] != base["files_sha256"]
+
+
 def test_random_init_is_a_different_encoder(random_run, linear_run):
     results = json.loads((random_run / "results.json").read_text())
     assert results["checkpoint"] is None and results["protocol"]["random_init"] is True

@@ -23,15 +23,18 @@ for linear and finetune, features for retrieval). Every results.json says which 
 
 Each evaluation writes into its run directory (run.dir, or runs/<name>-eval-<task>-<timestamp>):
 config.yaml, results.json (format in mvcoding.eval.report), summary.md, and
-  linear:    features.pt (frozen features, reused when the same directory is evaluated again),
-             classifier.pt, probs.pt, confusion.png, metrics.jsonl (classifier training)
+  linear:    features.pt (frozen features, reused when the same directory is evaluated again with the
+             same checkpoint (SHA-256), dataset root, videos, labels and list files, video files and
+             eval settings; anything else extracts them again), classifier.pt, probs.pt, confusion.png,
+             metrics.jsonl (classifier training)
   finetune:  finetuned.pt (encoder and head), probs.pt, confusion.png, metrics.jsonl (one line per epoch)
   retrieval: features.pt, retrieval.png
 The top level is the first entry's evaluation; with several entries each also has <entry>/ (its
 results.json, summary.md and, for linear, classifier.pt, probs.pt, confusion.png; for retrieval,
 retrieval.png), and results.json's "entries" holds every entry's metrics (mvcoding.eval.report).
 probs.pt holds the test videos' class probabilities: {"video_ids", "labels" (V,), "probs" (V, C),
-"clip_probs" (N, C), "clip_video" (N,), "classes", "dataset", "split", "views", "task"}; fuse reads it.
+"clip_probs" (N, C), "clip_video" (N,), "classes", "dataset", "split", "views", "task", "dataset_root",
+"dataset_sha256"}; fuse reads it, and refuses two results whose dataset_root or dataset_sha256 differ.
 fuse writes results.json, probs.pt, confusion.png and summary.md into runs/fuse-<timestamp> (or `out`).
 """
 
@@ -42,6 +45,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from mvcoding.config import lock_run_dir
 from mvcoding.errors import UserError
 from mvcoding.eval.finetune import finetune
 from mvcoding.eval.fuse import fuse
@@ -58,10 +62,11 @@ def evaluate(task: str, cfg: DictConfig) -> Path:
         raise UserError(f"unknown eval task {task!r}; choose one of: {', '.join(TASKS)}, fuse")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(cfg.run.dir) if cfg.run.dir else Path("runs") / f"{cfg.name}-eval-{task}-{stamp}"
-    if task == "linear":
-        linear_probe(cfg, cfg.checkpoint, out, random_init=bool(cfg.eval.random_init))
-    elif task == "finetune":
-        finetune(cfg, out)
-    else:
-        retrieval(cfg, out)
+    with lock_run_dir(out, f"eval {task}"):  # a second evaluation (or training) on run.dir is one line
+        if task == "linear":
+            linear_probe(cfg, cfg.checkpoint, out, random_init=bool(cfg.eval.random_init))
+        elif task == "finetune":
+            finetune(cfg, out)
+        else:
+            retrieval(cfg, out)
     return out

@@ -3,8 +3,10 @@ with the checkpoint's weights), forward passes over the eval clips and the cache
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -125,6 +127,45 @@ class EvalSetup:
     lengths: dict
     checkpoint: str | None  # None: random init
     sha256: str | None
+    dataset: dict | None = None  # dataset_identity(index, lengths): what the evaluation's data is
+
+
+def dataset_identity(index: DatasetIndex, lengths: dict | None = None) -> dict:
+    """What an evaluation's data is, for keys of what is reused and for `eval fuse`'s check:
+
+    root:           the dataset root, resolved (links followed): another dataset with the same names and
+                    ids elsewhere is another root
+    dataset_sha256: the SHA-256 of the root, the dataset name and split, the classes, every train and
+                    test video (id, path, label), the bytes of the list files the loader names
+                    (index.extra: train_list, test_list) and its other extra data (generation settings)
+    files_sha256:   the SHA-256 of every video file's size and modification time and its length as
+                    read (`lengths`): changes when a video is rewritten in place (one stat per video)
+    """
+    root = os.path.realpath(str(index.root))
+    h = hashlib.sha256()
+
+    def add(obj) -> None:
+        h.update(json.dumps(obj, sort_keys=True, default=str).encode() + b"\n")
+
+    add({"root": root, "name": index.name, "split": index.split, "classes": list(index.classes)})
+    for subset, records in (("train", index.train), ("test", index.test)):
+        for r in records:
+            add([subset, r.video_id, r.path, int(r.label)])
+    extra = dict(getattr(index, "extra", None) or {})
+    for key in ("train_list", "test_list"):  # their bytes, not their names: a copy of a list is the same data
+        path = extra.pop(key, None)
+        if path and Path(path).is_file():
+            add([key, sha256_file(path)])
+    add(extra)
+    f = hashlib.sha256()
+    for path in sorted({r.path for r in index.train + index.test}):
+        try:
+            st = os.stat(path)
+            f.update(f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        except OSError:
+            f.update(f"{path}\tmissing\n".encode())
+    f.update(json.dumps(sorted((k, list(v)) for k, v in (lengths or {}).items())).encode())
+    return {"root": root, "dataset_sha256": h.hexdigest(), "files_sha256": f.hexdigest()}
 
 
 def resolve_checkpoint(checkpoint) -> Path:
@@ -197,7 +238,7 @@ def prepare(cfg: DictConfig, checkpoint, *, random_init: bool, names=None) -> Ev
              len(index.classes))  # fmt: skip
     sha = sha256_file(path) if path is not None else None
     return EvalSetup(cfg, pick_device(cfg.device), index, entries, views, encoders, lengths,
-                     str(path) if path else None, sha)  # fmt: skip
+                     str(path) if path else None, sha, dataset_identity(index, lengths))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- forward passes
@@ -248,11 +289,14 @@ def clip_features(s: EvalSetup, out: Path) -> dict:
     """Frozen features {"train": ..., "test": ...} (see run_clips) of every view of the entries, each
     view's encoder run once, cached in out/features.pt; entry_features(x, dims, parts) gives an entry's.
 
-    The cache is reused when everything that shapes the features is the same (checkpoint hash, views
-    and their settings, clip sampling, dataset and split videos)."""
+    The cache is reused only when everything that shapes the features is the same: the checkpoint's
+    SHA-256 (the seed for random init), the views and their settings, the clip sampling (frames,
+    stride, size, clips, train_clips, crops), and the data (dataset_identity: the resolved root, the
+    videos, labels and list files' bytes, every video's size and modification time)."""
     cfg, e = s.cfg, s.cfg.eval
     key = {
         "checkpoint_sha256": s.sha256, "seed": cfg.seed if s.sha256 is None else None,
+        "dataset": s.dataset if s.dataset is not None else dataset_identity(s.index, s.lengths),
         "views": {n: v.settings for n, v in s.views.items()}, "frames": cfg.data.frames, "stride": cfg.data.stride,
         "size": cfg.data.size, "clips": int(e.clips), "train_clips": int(e.train_clips), "crops": int(e.crops),
         "train": [r.video_id for r in s.index.train], "test": [r.video_id for r in s.index.test],

@@ -27,11 +27,29 @@ def load_result(path) -> tuple[dict, dict, Path]:
     if not probs.is_file():
         raise UserError(f"{path}: no probs.pt beside it; fuse takes linear or finetune results (they save it)")
     try:
-        return json.loads(results.read_text()), load_safe(probs), folder
+        record, saved = json.loads(results.read_text()), load_safe(probs)
     except UserError:
         raise
     except Exception as e:
         raise UserError(f"cannot read {results} or {probs} ({type(e).__name__}); rerun that evaluation") from e
+    if not isinstance(record, dict) or not isinstance(saved, dict):
+        raise UserError(f"{results} or {probs} is not what mvcoding eval linear/finetune writes; rerun that evaluation")
+    return record, saved, folder
+
+
+def check_same_data(ra: dict, fa: Path, rb: dict, fb: Path) -> None:
+    """UserError when two results.json were evaluated on different data: another dataset root, or other
+    videos, labels or list files (their "dataset_root" and "dataset_sha256", see mvcoding.eval.report).
+    A result written before these keys is only checked by its dataset name, split, videos and labels."""
+    for key, what in (("dataset_root", "dataset root"), ("dataset_sha256", "dataset (videos, labels, list files)")):
+        a, b = ra.get(key), rb.get(key)
+        if a is None or b is None:
+            log.warning("%s or %s does not record its %s; fusing on the names of its videos alone", fa, fb, key)
+        elif a != b:
+            shown = (a, b) if key == "dataset_root" else (a[:12] + "...", b[:12] + "...")
+            raise UserError(f"cannot fuse: {fa} was evaluated on {what} {shown[0]} but {fb} on {shown[1]}; "
+                            "fuse results of the same dataset (evaluate both streams with the same dataset.root "
+                            "and list files)")  # fmt: skip
 
 
 def fuse(result_a, result_b, out: Path | None = None) -> Path:
@@ -44,6 +62,7 @@ def fuse(result_a, result_b, out: Path | None = None) -> Path:
     results.json's "checkpoint" is the streams' common checkpoint, or the list of both when they differ.
     """
     (ra, pa, fa), (rb, pb, fb) = load_result(result_a), load_result(result_b)
+    check_same_data(ra, fa, rb, fb)
     for key in ("dataset", "split"):
         if pa[key] != pb[key]:
             raise UserError(f"cannot fuse: {fa} has {key} {pa[key]} but {fb} has {pb[key]}; fuse results of one split")
@@ -76,6 +95,7 @@ def fuse(result_a, result_b, out: Path | None = None) -> Path:
         "checkpoint_sha256": ra.get("checkpoint_sha256") if same else [r.get("checkpoint_sha256") for r in (ra, rb)],
         "split": pa["split"],
         "dataset": pa["dataset"],
+        **{k: ra[k] for k in ("dataset_root", "dataset_sha256") if k in ra},
         "sources": [str(fa / "results.json"), str(fb / "results.json")],
         "protocol": {"streams": streams, "rule": "mean of class probabilities"},
         "num_train": ra.get("num_train"),

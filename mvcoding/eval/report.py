@@ -9,6 +9,10 @@ results.json (one per evaluation; the contract keys are task, metrics, checkpoin
                                                                          ("video" or "clip") and how
      "checkpoint": PATH or null (random init), "checkpoint_sha256": HEX or null,
      "split": 1, "dataset": "ucf101", "protocol": {views, clips, crops, epochs, lr, ...},
+     "dataset_root": "/data/ucf101", "dataset_sha256": HEX,             the data evaluated: the resolved
+                                                                         root, and a hash of it, the videos,
+                                                                         labels and list files (fuse
+                                                                         refuses two that differ)
      "num_train": N, "num_test": M, "num_classes": C,
      "entry": "rgb",                                    the eval.views entry of metrics, level, protocol
      "entries": {"rgb": {"views": ["rgb"], "metrics": {...}},            every entry of eval.views, in
@@ -122,9 +126,10 @@ def results_record(
     protocol: dict,
     *,
     entry: str | None = None,
+    dataset: dict | None = None,
 ) -> dict:
     """The results.json record (format in the module docstring) of one entry; index: the DatasetIndex
-    evaluated. finish_entries adds "entries"."""
+    evaluated; dataset: its mvcoding.eval.features.dataset_identity. finish_entries adds "entries"."""
     return {
         "task": task,
         "metrics": metrics,
@@ -133,11 +138,19 @@ def results_record(
         "checkpoint_sha256": sha256,
         "split": index.split,
         "dataset": index.name,
+        **identity_keys(dataset),
         "protocol": protocol,
         "num_train": len(index.train),
         "num_test": len(index.test),
         "num_classes": len(index.classes),
     } | ({} if entry is None else {"entry": entry})
+
+
+def identity_keys(dataset: dict | None) -> dict:
+    """{"dataset_root", "dataset_sha256"} of a dataset_identity (what results.json and probs.pt carry)."""
+    if dataset is None:
+        return {}
+    return {"dataset_root": dataset["root"], "dataset_sha256": dataset["dataset_sha256"]}
 
 
 def entry_folder(out: Path, entry: str, entries) -> Path:
@@ -183,6 +196,7 @@ def report_classification(
     protocol: dict,
     files: Sequence[str],
     entry: str | None = None,
+    dataset: dict | None = None,
 ) -> dict:
     """Metrics of a classifier from its test-clip logits run["x"] (N, K, C) over K crops, with
     run["label"], run["video"] (N,): softmax, mean over crops (clip level), mean over clips (video
@@ -201,8 +215,8 @@ def report_classification(
         "split": index.split,
         "views": protocol["views"],
         "task": task,
-    }
-    record = results_record(task, metrics, level, index, checkpoint, sha256, protocol, entry=entry)
+    } | identity_keys(dataset)
+    record = results_record(task, metrics, level, index, checkpoint, sha256, protocol, entry=entry, dataset=dataset)
     write_classification(out, record, saved, files=files)
     log.info(
         "%s %s: video top-1 %.1f%%, clip top-1 %.1f%% (%s)",
@@ -219,7 +233,7 @@ def write_classification(out: Path, record: dict, saved: dict, *, files: Sequenc
     """probs.pt (`saved`), results.json (`record`), confusion.png (video level) and summary.md in `out`.
 
     saved: {"video_ids", "labels" (V,), "probs" (V, C), "clip_probs" (N, C) or None, "clip_video" (N,),
-    "classes", "dataset", "split", "views", "task"}, what fuse reads back.
+    "classes", "dataset", "split", "views", "task", "dataset_root", "dataset_sha256"}, what fuse reads back.
     """
     save_atomic(saved, out / "probs.pt")
     write_results(out, record)
@@ -241,5 +255,14 @@ def report(s: EvalSetup, out: Path, task: str, run: dict, proto: dict, files: li
     """Classification metrics and files of one entry from the test clips' logits run["x"] (N, K, C)
     (report_classification); returns its results.json record."""
     return report_classification(
-        out, task, run, s.index, checkpoint=s.checkpoint, sha256=s.sha256, protocol=proto, files=files, entry=entry
+        out,
+        task,
+        run,
+        s.index,
+        checkpoint=s.checkpoint,
+        sha256=s.sha256,
+        protocol=proto,
+        files=files,
+        entry=entry,
+        dataset=s.dataset,
     )

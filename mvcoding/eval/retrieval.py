@@ -59,7 +59,9 @@ def retrieve_entry(s: EvalSetup, feats: dict, entry: str, parts, *, folder: Path
     level["video_top1"] += " (1-nearest-neighbour accuracy, = recall@1)"
     level["clip_top1"] += " (1-nearest-neighbour accuracy, = clip_recall@1)"
     proto = protocol(s, parts, train_clips=int(e.train_clips), ks=ks, similarity="cosine")
-    record = results_record("retrieval", metrics, level, s.index, s.checkpoint, s.sha256, proto, entry=entry)
+    record = results_record(
+        "retrieval", metrics, level, s.index, s.checkpoint, s.sha256, proto, entry=entry, dataset=s.dataset
+    )
     folder.mkdir(parents=True, exist_ok=True)
     write_results(folder, record)
     picks = torch.linspace(0, len(q_video) - 1, min(5, len(q_video))).round().long().unique()  # spread over the list
