@@ -8,7 +8,8 @@
       classes: null               # optional file with one class name per line (line i is label i)
 
 Lines are `path label`: path relative to dataset.root or absolute (it may hold spaces: the label is
-the last field), label a 0-based int. Without a classes file the classes are "0" .. "max label".
+the last field), label a 0-based int. Without a classes file the classes are "0" .. "max label"
+(labels below MAX_CLASSES); with one, labels are below its number of lines.
 Blank lines and lines starting with `#` are skipped. A relative path that leaves dataset.root
 through `..` is indexed like an absolute one, with a warning naming the line (an absolute path says
 so on purpose; a `..` is more often a root set one folder too deep).
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".m4v")
 SHOW = 5  # names shown in one-line messages about many videos
+MAX_CLASSES = 100_000  # labels without a classes file are below this (ImageNet-21k has 21,841 classes)
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -285,7 +287,13 @@ def load(cfg: Mapping) -> DatasetIndex:
     if classes_file:
         classes = _read_classes(_resolve(str(classes_file), root))
     else:
-        top = max((label for rows in entries.values() for _, label, _, _ in rows), default=-1)
+        rows = [(key, row) for key, rows in entries.items() for row in rows]
+        key, (_, top, lineno, line) = max(rows, key=lambda r: r[1][1], default=(None, (None, -1, 0, "")))
+        if top >= MAX_CLASSES:  # the classes are "0".."max label": a label of 20 digits exhausted the memory
+            problem = f"label {top} but without a classes file the labels must be below {MAX_CLASSES}"
+            raise bad_line(
+                lists[key], lineno, line, problem, "labels 0..number of classes - 1 (or set dataset.classes)"
+            )
         classes = [str(i) for i in range(top + 1)]
     if not classes:
         raise UserError(f"list files {lists['train_list']} and {lists['test_list']} are empty; add `path label` lines")

@@ -525,12 +525,14 @@ def _check(
         problems.append(f"frames must be >= 2, got {frames}")
     if size < 16 or size % 2:
         problems.append(f"size must be even and >= 16 (decord needs even sizes), got {size}")
-    if fps <= 0:
-        problems.append(f"fps must be > 0, got {fps}")
+    if not 0 < fps < math.inf:
+        problems.append(f"fps must be a finite number > 0, got {fps}")
     if workers < 1:
         problems.append(f"workers must be >= 1, got {workers}")
-    if noise < 0 or camera < 0:
-        problems.append(f"noise and camera must be >= 0, got noise={noise}, camera={camera}")
+    if not 0 <= noise <= 255:  # nan fails it
+        problems.append(f"noise must be 0..255 grey levels, got {noise}")
+    if not 0 <= camera < math.inf:
+        problems.append(f"camera must be a finite number >= 0, got {camera}")
     if not 0 <= distractors <= MAX_DISTRACTORS:
         problems.append(f"distractors must be 0..{MAX_DISTRACTORS}, got {distractors}")
     if not 0 <= contrast <= 255:
@@ -706,10 +708,16 @@ def _generate_params(cfg: Mapping) -> dict:
     if unknown:
         raise UserError(f"unknown key dataset.generate.{unknown[0]}; valid: {', '.join(DEFAULTS)}")
     params = {**DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
-    try:
-        return {k: (float(v) if k in FLOAT_KEYS else int(v)) for k, v in params.items()}
-    except (TypeError, ValueError) as e:
-        raise UserError(f"dataset.generate holds a non-numeric value: {e}") from e
+    out = {}
+    for k, v in params.items():
+        try:
+            out[k] = float(v) if k in FLOAT_KEYS else int(v)
+        except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
+            out[k] = None
+        if out[k] is None or not math.isfinite(out[k]):
+            kind = "a finite number" if k in FLOAT_KEYS else "an integer"
+            raise UserError(f"dataset.generate.{k}={v!r} is not valid: {kind}")
+    return out
 
 
 def load(cfg: Mapping):

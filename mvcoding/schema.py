@@ -10,6 +10,7 @@ signature and annotations).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,11 @@ def _num(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+def finite(v) -> bool:
+    """Whether a number is finite (not nan, inf or -inf; an int always is)."""
+    return not isinstance(v, float) or math.isfinite(v)
+
+
 def integer(lo: int | None = None, hi: int | None = None, *, null: bool = False) -> Rule:
     rng = f" in [{lo}, {hi}]" if lo is not None and hi is not None else f" >= {lo}" if lo is not None else ""
     return Rule(
@@ -50,7 +56,7 @@ def number(lo: float | None = None, hi: float | None = None, *, lo_open=False, h
     def ok(v) -> bool:
         if null and v is None:
             return True
-        if not _num(v) or v != v:  # NaN
+        if not _num(v) or not finite(v):  # nan, inf (`1e999` reads as inf)
             return False
         above = lo is None or (v > lo if lo_open else v >= lo)
         below = hi is None or (v < hi if hi_open else v <= hi)
@@ -155,6 +161,11 @@ SCHEMA: dict[str, Rule] = {
     "dataset.name": TEXT,
     "dataset.root": TEXT,
     "dataset.split": integer(1, 3),
+    # the synthetic dataset's float options (datasets/synthetic.py checks the rest when it generates)
+    "dataset.generate.fps": number(0, lo_open=True),
+    "dataset.generate.noise": number(0, 255),
+    "dataset.generate.camera": number(0),
+    "dataset.generate.contrast": number(0, 255),
     "eval.views": NAMES,
     "eval.clips": integer(1),
     "eval.crops": choice(1, 3),
@@ -189,12 +200,36 @@ def _get(cfg: DictConfig, key: str):
     return True, node
 
 
+def non_finite(node, prefix: str = "") -> tuple[str, float] | None:
+    """(key, value) of the first nan or inf anywhere in a config (plain data), or None: no setting can
+    use one (a learning rate, a temperature, a noise level, a view's bound: each trains to NaN or zeros)."""
+    if isinstance(node, dict):
+        items = ((f"{prefix}{k}", v) for k, v in node.items())
+    elif isinstance(node, list):
+        items = ((f"{prefix[:-1]}[{i}]", v) for i, v in enumerate(node))
+    else:
+        return None
+    for key, value in items:
+        if isinstance(value, float) and not math.isfinite(value):
+            return key, value
+        found = non_finite(value, f"{key}.")
+        if found:
+            return found
+    return None
+
+
 def check(cfg: DictConfig) -> None:
-    """UserError naming the first key whose value breaks SCHEMA (keys a config leaves out are not checked)."""
+    """UserError naming the first key whose value breaks SCHEMA (keys a config leaves out are not checked),
+    or that holds nan or inf (any key, views' settings and dataset.generate included)."""
     for key, rule in SCHEMA.items():
         present, value = _get(cfg, key)
         if present and not rule.ok(value):
-            raise UserError(f"{key}={value!r} is not valid: {rule.valid}")
+            why = "not a finite number; " if isinstance(value, float) and not math.isfinite(value) else ""
+            raise UserError(f"{key}={value!r} is not valid: {why}{rule.valid}")
+    found = non_finite(OmegaConf.to_container(cfg, resolve=True))
+    if found:
+        key, value = found
+        raise UserError(f"{key}={value!r} is not valid: not a finite number (nan and inf are never a setting)")
     views = cfg.get("views")
     if views is not None:
         for name in views:

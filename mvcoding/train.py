@@ -11,6 +11,7 @@ predictive baseline, supervised) computes its loss from the model, so the loop h
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -29,11 +30,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from mvcoding import distributed as dist
-from mvcoding.config import run_dir
+from mvcoding.config import lock_run_dir, run_dir
 from mvcoding.data import EpochSampler, MultiViewClips, loader_options, make_loader, video_lengths
 from mvcoding.datasets import DatasetIndex, load_dataset
 from mvcoding.errors import Stopped, UserError
-from mvcoding.files import load_safe, save_atomic, write_atomic, write_text_atomic
+from mvcoding.files import load_safe, save_atomic, write_atomic
 from mvcoding.model import HEAD_NORMS, MultiViewModel, build_views, pick_device, sync_batchnorm
 from mvcoding.monitor import Monitor, make_monitor, monitor_every
 from mvcoding.objectives import CMCObjective, build_objective
@@ -106,10 +107,37 @@ def set_rng_state(state: dict) -> None:
 
 
 RESUME_KEYS = ("views", "objective", "dataset.name", "dataset.split", "data.frames", "data.size")  # what must match
+# What a resumed run keeps from its checkpoint: what is trained (views, objective, data), how (the optimiser,
+# whose state holds its lr, the batch, the clipping) and the seed of its data order. How long it trains
+# (train.epochs, train.max_steps), where, how often it logs and saves, and on what device may change.
+CONTINUE_KEYS = (
+    "seed",
+    "views",
+    "objective",
+    "optim",
+    "train.batch_size",
+    "train.clip_grad",
+    "data.frames",
+    "data.stride",
+    "data.size",
+    "data.scale",
+    "data.flip",
+    "data.shared_crop",
+    "dataset.name",
+    "dataset.split",
+    "dataset.generate",
+)
 
 
 def config_difference(saved: dict, cfg: DictConfig) -> str | None:
     """The first of RESUME_KEYS where a saved run's config differs from `cfg` ('objective.K=8, not 16')."""
+    found = config_differences(saved, cfg, RESUME_KEYS)
+    return f"{found[0][0]}={found[0][1]}, not {found[0][2]}" if found else None
+
+
+def config_differences(saved: dict, cfg: DictConfig, keys: tuple[str, ...]) -> list[tuple[str, object, object]]:
+    """(key, saved value, value now) of every setting under `keys` where a saved config differs from `cfg`
+    ("(none)" where one of them lacks it)."""
     now = OmegaConf.to_container(cfg, resolve=True)
 
     def get(d, key):
@@ -122,12 +150,13 @@ def config_difference(saved: dict, cfg: DictConfig) -> str | None:
             return {k: x for key, val in v.items() for k, x in flat(val, f"{prefix}.{key}").items()}
         return {prefix: v}
 
-    for key in RESUME_KEYS:
+    found = []
+    for key in keys:
         a, b = flat(get(saved, key), key), flat(get(now, key), key)
         for k in sorted(set(a) | set(b)):
             if a.get(k, "(none)") != b.get(k, "(none)"):
-                return f"{k}={a.get(k, '(none)')}, not {b.get(k, '(none)')}"
-    return None
+                found.append((k, a.get(k, "(none)"), b.get(k, "(none)")))
+    return found
 
 
 def find_resume(cfg: DictConfig, out: Path) -> Path | None:
@@ -272,14 +301,17 @@ def wrap_model(run: Run) -> nn.Module:
     return torch.compile(net) if run.cfg.train.compile else net
 
 
-def setup(cfg: DictConfig) -> tuple[Run, Position]:
-    """Build the run of `cfg` and restore its checkpoint when resuming; returns the run and where it stands."""
+def setup(cfg: DictConfig, held: contextlib.ExitStack | None = None) -> tuple[Run, Position]:
+    """Build the run of `cfg` and restore its checkpoint when resuming; returns the run and where it stands.
+    With `held` (train's), rank 0 locks the run directory until `held` closes (config.lock_run_dir)."""
     device = start_process(cfg)
     out = run_dir(cfg)
     resume_path = find_resume(cfg, out)
     if resume_path is not None and not cfg.run.dir:
         out = resume_path.parent.parent
     out = Path(dist.broadcast_object(str(out)))
+    if held is not None and dist.is_main():
+        held.enter_context(lock_run_dir(out, "training run"))
 
     views = build_views(cfg)  # first: a misspelt view setting or an impossible encoder fails before any data work
     model = MultiViewModel(views, cfg.objective.dim, head_norm=head_norm_setting(cfg.objective)).to(device)
@@ -330,8 +362,12 @@ def setup(cfg: DictConfig) -> tuple[Run, Position]:
     pos = restore(run, resume_path) if resume_path is not None else Position()
     run.net = wrap_model(run)  # after restore: every rank holds the checkpoint's weights
     if dist.is_main():
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, out / "config.yaml")
+        try:
+            (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create {out / 'checkpoints'} ({e.strerror or e}); choose another run.dir") from e
+        drop_metrics_after(out / "metrics.jsonl", pos.step)  # a resumed run logs the later steps again
+        save_config(cfg, out)
         log.info(
             "run directory %s: %d videos, %d steps/epoch, %d steps, objective %s, device %s, %d process(es)",
             out,
@@ -400,11 +436,22 @@ def restore(run: Run, path: Path) -> Position:
             f"resume={run.cfg.resume}: {path} is not an mvcoding training checkpoint (it has no {lacking[0]!r}); "
             "pass the checkpoints/last.pt of a run, or start a new run (resume=null)"
         )
-    trained = (ckpt.get("config") or {}).get("objective", {}).get("name")
+    saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    trained = (saved.get("objective") or {}).get("name")
     if trained != run.cfg.objective.name:
         raise UserError(
             f"resume={run.cfg.resume}: {path} was trained with objective.name={trained}, not "
             f"{run.cfg.objective.name}; resume with that objective or start a new run (resume=null)"
+        )
+    changed = config_differences(saved, run.cfg, CONTINUE_KEYS) if saved else []
+    if changed:
+        shown = changed[:4] + ([("...", "", "")] if len(changed) > 4 else [])
+        was = ", ".join(f"{k}={a}" if k != "..." else k for k, a, _ in shown)
+        now = ", ".join(f"{k}={b}" if k != "..." else k for k, _, b in shown)
+        raise UserError(
+            f"resume={run.cfg.resume}: {path} was trained with {was}, not {now}; a resumed run keeps the "
+            "settings it was trained with (its optimiser state holds them): drop those overrides to continue it, "
+            "or start a new run in another run.dir (resume=null)"
         )
     try:
         run.model.load_state_dict(ckpt["model"])
@@ -426,19 +473,50 @@ def restore(run: Run, path: Path) -> Position:
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:
         raise UserError(f"resume={run.cfg.resume}: {path} is damaged ({type(e).__name__}: {e}); start a new run") from e
     if dist.is_main():
-        drop_metrics_after(run.out / "metrics.jsonl", pos.step)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, pos.step, pos.epoch, pos.batch_in_epoch)
     return pos
 
 
 def drop_metrics_after(path: Path, step: int) -> None:
-    """Keep the lines of metrics.jsonl up to `step` (a resumed run logs the later steps again)."""
-    if not path.is_file():
+    """Keep the records of metrics.jsonl up to `step`: a run that starts at `step` (0: a new run, or a
+    resume=auto whose first checkpoint was never saved) logs the later steps again, so each step is in the
+    file once. A line that does not parse (a torn last line: what a kill mid-write leaves) is dropped."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
         return
-    lines = path.read_text().splitlines()
-    keep = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
-    if len(keep) < len(lines):
-        write_text_atomic(path, "".join(f"{line}\n" for line in keep))
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror or e}); move it away to start its log afresh") from e
+    keep, torn = [], 0
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+            at = record.get("step", 0)
+        except (ValueError, AttributeError):
+            torn += bool(line.strip())
+            continue
+        if not isinstance(at, int | float) or at <= step:
+            keep.append(line)
+    if torn:
+        log.warning("dropped %d unreadable line(s) of %s (a run killed while writing it)", torn, path)
+    new = "".join(f"{line}\n" for line in keep)
+    if new != text:
+        write_atomic(path, lambda tmp: tmp.write_text(new))
+
+
+def save_config(cfg: DictConfig, out: Path) -> None:
+    """<out>/config.yaml: this invocation's config; the one it replaces, when different (a resume with a
+    longer train.max_steps, another device), is kept as config-<n>.yaml (n = 1, 2, ...: the run's earlier
+    settings in order), so the run's history of settings stays."""
+    path, text = out / "config.yaml", OmegaConf.to_yaml(cfg)
+    try:
+        old = path.read_text(errors="replace")
+    except OSError:
+        old = None
+    if old is not None and old != text:
+        numbers = [int(p.stem[7:]) for p in out.glob("config-*.yaml") if p.stem[7:].isdigit()]
+        write_atomic(out / f"config-{max(numbers, default=0) + 1}.yaml", lambda tmp: tmp.write_text(old))
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 class StopOnSignal:
@@ -485,18 +563,20 @@ class StopOnSignal:
 
 
 def train(cfg: DictConfig) -> Path:
-    """Pretrain the encoders of `cfg.views` with the configured objective; returns the run directory."""
-    run, pos = setup(cfg)
-    logger = MetricsLogger(run.out, cfg, run.steps_per_epoch) if dist.is_main() else None
-    with StopOnSignal() as stop:
-        if pos.filled < fill_batches(run):
-            fill_banks(run, pos, stop)
-        loop(run, pos, logger, stop)
-    if monitor_every(cfg) and pos.batch_in_epoch:  # stopped inside an epoch (train.max_steps): score the end
-        score_knn(run, pos, logger)
-    if logger:
-        logger.close()
-    dist.barrier()
+    """Pretrain the encoders of `cfg.views` with the configured objective; returns the run directory
+    (locked while the run writes it: a second run on it is a UserError)."""
+    with contextlib.ExitStack() as held:
+        run, pos = setup(cfg, held)
+        logger = MetricsLogger(run.out, cfg, run.steps_per_epoch) if dist.is_main() else None
+        with StopOnSignal() as stop:
+            if pos.filled < fill_batches(run):
+                fill_banks(run, pos, stop)
+            loop(run, pos, logger, stop)
+        if monitor_every(cfg) and pos.batch_in_epoch:  # stopped inside an epoch (train.max_steps): score the end
+            score_knn(run, pos, logger)
+        if logger:
+            logger.close()
+        dist.barrier()
     dist.cleanup()
     return run.out
 
@@ -703,7 +783,10 @@ class MetricsLogger:
 
     def __init__(self, out: Path, cfg: DictConfig | None = None, steps_per_epoch: int = 0):
         self.out = out
-        self.file = open(out / "metrics.jsonl", "a")  # noqa: SIM115  (append: a resumed run continues it)
+        try:
+            self.file = open(out / "metrics.jsonl", "a")  # noqa: SIM115  (append: a resumed run continues it)
+        except OSError as e:
+            raise UserError(f"cannot write {out / 'metrics.jsonl'} ({e.strerror or e}); choose another run.dir") from e
         opts = (cfg.get("log") if cfg is not None else None) or {}
         self.tb = self.wandb = self.bar = None
         if opts.get("tensorboard"):
@@ -734,8 +817,14 @@ class MetricsLogger:
                             file=sys.stderr, dynamic_ncols=True, leave=False)  # fmt: skip
 
     def log(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as e:  # a full disk, a file system gone read-only
+            raise UserError(
+                f"cannot write {self.out / 'metrics.jsonl'} ({e.strerror or e}); free space on that disk, then "
+                f"continue with the same command and resume=auto run.dir={self.out}"
+            ) from e
         numbers = {k: v for k, v in record.items() if k != "step" and isinstance(v, int | float)}
         if self.tb is not None:
             for k, v in numbers.items():

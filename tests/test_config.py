@@ -117,3 +117,149 @@ def test_the_objectives_choices_are_written_once():
     assert schema.SCHEMA["objective.graph"].valid == "one of: " + ", ".join(objectives.GRAPHS)
     assert schema.SCHEMA["objective.negatives"].valid == "one of: " + ", ".join(objectives.NEGATIVES)
     assert schema.SCHEMA["objective.name"].valid == "one of: " + ", ".join(objectives.OBJECTIVES)
+
+
+# ---- a config file's keys are checked as overrides are; nan and inf are never a setting ----------
+
+
+def _config_file(tmp_path, text: str) -> str:
+    """A config file beside a copy of the packaged configs (its defaults list composes base and the groups)."""
+    import shutil
+
+    folder = tmp_path / "configs"
+    shutil.copytree(CONFIG_DIR, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "mine.yaml").write_text(text)
+    return str(folder / "mine.yaml")
+
+
+HEAD = "defaults:\n  - base\n  - dataset: synthetic\n  - eval: default\n  - _self_\nviews:\n  rgb: {}\n  flow: {}\n"
+
+
+@pytest.mark.parametrize(
+    "section, key, nearest",
+    [
+        ("train", "epoch", "train.epochs"),
+        ("objective", "temprature", "objective.tau"),
+        ("optim", "learning_rate", "optim.lr"),
+        ("data", "frmes", "data.frames"),
+        ("eval", "linear: {epoch: 3}", "eval.linear.epochs"),
+    ],
+)
+def test_an_unknown_nested_key_in_a_config_file_is_one_line_naming_the_nearest(tmp_path, capsys, section, key, nearest):
+    value = key if ":" in key else f"{key}: 3"
+    path = _config_file(tmp_path, HEAD + f"{section}:\n  {value}\n")
+    assert main(["config", path, f"dataset.root={tmp_path / 'data'}"]) == 2
+    err = capsys.readouterr().err
+    bad = nearest.rsplit(".", 1)[0] + "." + (key.split(":")[1].strip(" {") if ":" in key else key)
+    assert err.count("\n") == 1 and f"unknown config key {bad} (in {path})" in err and f"{nearest}?" in err, err
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_config_file_without_defaults_is_checked_against_the_packaged_keys(tmp_path, capsys):
+    """A saved config.yaml (complete, no defaults list) loads back; a misspelt key in one does not."""
+    from omegaconf import OmegaConf
+
+    cfg = load_config(CONFIG_DIR / "synthetic_rgb_flow.yaml", [f"dataset.root={tmp_path}"])
+    OmegaConf.save(cfg, tmp_path / "full.yaml")
+    assert load_config(tmp_path / "full.yaml").train.epochs == cfg.train.epochs
+    text = (tmp_path / "full.yaml").read_text().replace("  epochs:", "  epoch:")
+    (tmp_path / "typo.yaml").write_text(text)
+    with pytest.raises(
+        UserError, match=r"unknown config key train\.epoch \(in .*typo.yaml\); did you mean train\.epochs"
+    ):
+        load_config(tmp_path / "typo.yaml")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epoch=3", "unknown config key train.epoch (in the override train.epoch=3); did you mean train.epochs?"),
+        (
+            "+train.epoch=3",
+            "unknown config key train.epoch (in the override +train.epoch=3); did you mean train.epochs",
+        ),
+        ("+objective.temprature=0.5", "did you mean objective.tau?"),
+        ("objective.k=8", "did you mean objective.K?"),
+        ("trian.epochs=3", "unknown config key trian (in the override trian.epochs=3); did you mean train?"),
+        ("train=3", "train=3 is not valid (in the override train=3): a section of settings (batch_size, "),
+        ("~views", "the override ~views removes views, which every run reads"),
+        ("~train.batch_size", "removes train.batch_size, which every run reads"),
+    ],
+)
+def test_overrides_name_the_nearest_valid_key(override, message, tmp_path, capsys):
+    assert main(["config", str(CONFIG_DIR / "synthetic_rgb_flow.yaml"), f"dataset.root={tmp_path}", override]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
+
+
+def test_a_dataset_group_chosen_by_an_override_takes_its_own_keys(tmp_path):
+    cfg = load_config(CONFIG_DIR / "synthetic_rgb_flow.yaml", ["dataset=listfile", "dataset.train_list=a.txt"])
+    assert cfg.dataset.name == "listfile" and cfg.dataset.train_list == "a.txt"
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "optim.lr=inf",
+        "optim.lr=1e999",
+        "optim.lr=nan",
+        "optim.lr=-inf",
+        "optim.lr=0",
+        "objective.tau=nan",
+        "objective.tau=inf",
+        "objective.tau=0",
+        "objective.tau=-0.1",
+        "dataset.generate.noise=nan",
+        "dataset.generate.noise=-1",
+        "dataset.generate.noise=inf",
+        "dataset.generate.fps=inf",
+        "views.flow.bound=nan",
+        "train.clip_grad=inf",
+        "eval.linear.lr=nan",
+    ],
+)
+def test_non_finite_and_absurd_numbers_are_one_line(override, tmp_path, capsys):
+    """optim.lr=inf trained to NaN and the probe then reported 50% with exit 0; noise=nan made every frame 0."""
+    args = ["train", str(CONFIG_DIR / "synthetic_rgb_flow.yaml"), f"dataset.root={tmp_path / 'data'}", override]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    key, value = override.split("=")
+    assert err.count("\n") == 1 and err.startswith(f"error: {key}=") and "is not valid" in err, err
+    if value in ("inf", "1e999", "nan", "-inf"):
+        assert "not a finite number" in err, err
+    assert not (tmp_path / "data").exists()
+
+
+def test_every_number_setting_refuses_nan_and_inf(tmp_path):
+    """The sweep over the schema: each key whose rule is a number refuses nan, inf and -inf."""
+    from omegaconf import OmegaConf
+
+    from mvcoding.config import check_config
+    from mvcoding.schema import SCHEMA
+
+    cfg = load_config(CONFIG_DIR / "synthetic_rgb_flow.yaml", [f"dataset.root={tmp_path}"])
+    keys = [k for k, rule in SCHEMA.items() if rule.valid.startswith("a number")]
+    assert "optim.lr" in keys and "objective.tau" in keys and "dataset.generate.noise" in keys
+    for key in keys:
+        assert OmegaConf.select(cfg, key, default="absent") != "absent", key  # the config holds every one
+        for value in (float("nan"), float("inf"), float("-inf")):
+            bad = OmegaConf.create(OmegaConf.to_container(cfg))
+            OmegaConf.update(bad, key, value)
+            with pytest.raises(UserError, match=rf"^{key}=.* is not valid: not a finite number"):
+                check_config(bad)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"name: x\ntrain:\n\tepochs: 3\n", ":3:1: not valid YAML (found character '\\t' that cannot start any token)"),
+        (b"name: x\nname: y\n", ":2:1: not valid YAML (found duplicate key name)"),
+        (b"name: [x\n", "not valid YAML (expected ',' or ']'"),
+        (b"name: \xff\xfe\n", "is not UTF-8 text (byte 6: b'\\xff'); save it as UTF-8"),
+    ],
+)
+def test_a_config_file_that_is_not_yaml_is_one_line(tmp_path, capsys, content, message):
+    (tmp_path / "bad.yaml").write_bytes(content)
+    assert main(["config", str(tmp_path / "bad.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and str(tmp_path / "bad.yaml") in err, err

@@ -517,6 +517,27 @@ def test_listfile_errors(list_root, edit, override, fragments):
     expect_error(listfile.load, list_cfg(list_root) | override, *fragments)
 
 
+@pytest.mark.parametrize("label", ["12345678901234567890", "100000"])
+@pytest.mark.parametrize("classes", [None, "names.txt"])
+def test_listfile_label_beyond_the_classes_is_one_line_without_a_big_allocation(list_root, label, classes):
+    """A 20-digit label once built the class names "0".."label" until the OOM killer ended it (22 GB)."""
+    import resource
+    import time
+
+    (list_root / "names.txt").write_text("walk\nrun\njump\n")
+    (list_root / "test1.txt").write_text(f"b/three.avi 1\nb/four.avi {label}\n")
+    before, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+    msg = expect_error(listfile.load, list_cfg(list_root, classes=classes), "test1.txt:2:", f"label {label}")
+    assert time.perf_counter() - t0 < 2
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB: no class list was built
+    assert ("a label in 0..2" if classes else f"below {listfile.MAX_CLASSES}") in msg
+
+
+def test_listfile_labels_just_below_the_limit_are_classes(list_root):
+    (list_root / "test1.txt").write_text(f"b/three.avi 1\nb/four.avi {listfile.MAX_CLASSES - 1}\n")
+    assert len(listfile.load(list_cfg(list_root)).classes) == listfile.MAX_CLASSES
+
+
 # ----------------------------------------------------------------------------- configs and dispatch
 @pytest.mark.parametrize("name", ["ucf101", "hmdb51", "listfile"])
 def test_dataset_config_files_load(name, tmp_path, ucf_root, list_root):

@@ -295,8 +295,9 @@ def test_load_refuses_a_folder_with_foreign_data(tmp_path):
         ("size", 33, "size must be even"),
         ("classes", len(synthetic.MOTIONS) + 1, "classes must be"),
         ("videos_per_class", 1, ">= 2"),
-        ("noise", -1.0, "noise and camera must be >= 0"),
-        ("camera", -0.5, "noise and camera must be >= 0"),
+        ("noise", -1.0, "noise must be 0..255"),
+        ("noise", 256.0, "noise must be 0..255"),
+        ("camera", -0.5, "camera must be a finite number >= 0"),
         ("distractors", synthetic.MAX_DISTRACTORS + 1, "distractors must be"),
         ("contrast", 300.0, "contrast must be"),
     ],
@@ -308,6 +309,19 @@ def test_bad_settings_are_user_errors(tmp_path, key, value, message):
     with pytest.raises(UserError, match=message):
         synthetic.load(cfg)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("key", ["noise", "camera", "contrast", "fps", "frames", "classes"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), "1e999"])
+def test_non_finite_settings_are_refused_before_any_work(tmp_path, key, value):
+    """nan made every frame 0 (noise); int(inf) raised OverflowError: one line naming the key, nothing written."""
+    with pytest.raises(UserError, match=rf"dataset.generate.{key}=.* is not valid: (a finite number|an integer)"):
+        synthetic.load({"name": "synthetic", "root": str(tmp_path / "x"), "split": 1, "generate": {key: value}})
+    for direct in (float("nan"), float("inf")):
+        if key in synthetic.FLOAT_KEYS:
+            with pytest.raises(UserError, match=f"{key} must be"):
+                synthetic.generate(tmp_path / "y", **{**SMALL, key: direct})
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 def test_unknown_generate_key_is_named(tmp_path):
