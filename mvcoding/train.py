@@ -129,6 +129,10 @@ CONTINUE_KEYS = (
 )
 
 
+# Settings added after runs were saved without them: the value that trains what such a run trained.
+ADDED_SETTINGS = {"objective.negative_grad": True, "objective.positives": "bank", "objective.bank_init": "random"}
+
+
 def config_difference(saved: dict, cfg: DictConfig) -> str | None:
     """The first of RESUME_KEYS where a saved run's config differs from `cfg` ('objective.K=8, not 16')."""
     found = config_differences(saved, cfg, RESUME_KEYS)
@@ -137,7 +141,8 @@ def config_difference(saved: dict, cfg: DictConfig) -> str | None:
 
 def config_differences(saved: dict, cfg: DictConfig, keys: tuple[str, ...]) -> list[tuple[str, object, object]]:
     """(key, saved value, value now) of every setting under `keys` where a saved config differs from `cfg`
-    ("(none)" where one of them lacks it)."""
+    ("(none)" where one of them lacks it). A setting the saved config lacks because it was added to
+    mvcoding later (ADDED_SETTINGS) matches when `cfg` sets it to what the run trained without it."""
     now = OmegaConf.to_container(cfg, resolve=True)
 
     def get(d, key):
@@ -154,6 +159,8 @@ def config_differences(saved: dict, cfg: DictConfig, keys: tuple[str, ...]) -> l
     for key in keys:
         a, b = flat(get(saved, key), key), flat(get(now, key), key)
         for k in sorted(set(a) | set(b)):
+            if k not in a and k in ADDED_SETTINGS and b.get(k) == ADDED_SETTINGS[k]:
+                continue  # added since the run was saved, set to what that run did without it
             if a.get(k, "(none)") != b.get(k, "(none)"):
                 found.append((k, a.get(k, "(none)"), b.get(k, "(none)")))
     return found

@@ -167,3 +167,20 @@ def test_an_evaluation_on_a_run_dir_in_use_is_one_line(synthetic_root, tmp_path,
     want = f"error: run.dir={run} is in use by another training run (pid {os.getpid()}); wait for it to end"
     assert err == want + ", or choose another run.dir\n"
     assert not (run / "results.json").exists()
+
+
+def test_a_run_saved_before_a_setting_existed_resumes_only_with_what_it_trained(synthetic_root):
+    """objective.negative_grad and objective.positives came after runs were saved without them: such a run
+    trained with gradient through in-batch negatives and with bank positives, so only those values match."""
+    cfg = load_config(SYNTHETIC, tiny(synthetic_root, **{"objective.positives": "bank"}))
+    saved = OmegaConf.to_container(cfg, resolve=True)
+    del saved["objective"]["negative_grad"], saved["objective"]["positives"]
+    assert train_module.config_differences(saved, cfg, ("objective",)) == []
+    fresh = load_config(SYNTHETIC, tiny(synthetic_root, **{"objective.positives": "fresh"}))
+    assert train_module.config_differences(saved, fresh, ("objective",)) == [("objective.positives", "(none)", "fresh")]
+    constant = load_config(
+        SYNTHETIC, tiny(synthetic_root, **{"objective.positives": "bank", "objective.negative_grad": False})
+    )
+    assert train_module.config_differences(saved, constant, ("objective",)) == [
+        ("objective.negative_grad", "(none)", False)
+    ]
