@@ -20,11 +20,12 @@ demo: install
 demo-record: install
 	$(BIN)/mvcoding demo --record
 
+# two test processes: most tests wait on subprocesses or one core (pytest-xdist, a dev extra)
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 test-slow: install
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -n 2 -m slow
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -311,9 +311,11 @@ def lock_run_dir(out: Path, what: str = "run") -> Iterator[None]:
     """Hold an exclusive lock on the run directory `out` (created) while the block runs: a second run on
     it is a UserError naming the holder (its pid and `what` it is). The lock is an flock on <out>/.lock,
     so the kernel releases it when its holder dies, however it dies (kill -9 included): a stale file
-    blocks nothing. The file goes when the block ends."""
+    blocks nothing. The file goes when the block ends, and so does `out` if the lock made it and the block
+    left it empty (a run that failed before any work leaves no folder)."""
     import fcntl
 
+    made = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -360,6 +362,8 @@ def lock_run_dir(out: Path, what: str = "run") -> Iterator[None]:
     finally:
         try:
             os.unlink(path)
+            if made:
+                out.rmdir()  # only when empty: OSError otherwise
         except OSError:
             pass
         _HELD.discard(fd)

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # ~40-90 s: the whole prepared GPU script (make test-slow)
 def test_the_gpu_check_runs_on_the_cpu(tmp_path):
     out = tmp_path / "gpu.json"
     done = subprocess.run([sys.executable, str(REPO / "tools/bench/gpu.py"), "--device", "cpu", "--quick",

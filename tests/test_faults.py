@@ -21,6 +21,7 @@ from mvcoding.train import train
 from test_train import REPO, metrics, torchrun_train
 
 
+@pytest.mark.slow  # ~13 s; test_train's torchrun test keeps two processes = one in the default suite
 def test_torchrun_in_batch_negatives_span_every_rank(synthetic_root, tmp_path):
     """2 gloo processes with batch 2 each train the objective of 1 process with batch 4: the candidates
     of every anchor are the global batch (gathered with gradients), not the rank's own clips."""
@@ -57,7 +58,7 @@ def processes_mentioning(text: str) -> list[int]:
     return pids
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_a_signal_saves_the_current_step_and_resume_continues_without_duplicates(synthetic_root, tmp_path, sig):
     run = tmp_path / "run"
     args = tiny(synthetic_root, **{"run.dir": run, "train.max_steps": 400, "train.epochs": 400,

@@ -203,6 +203,7 @@ def test_the_readme_shows_the_plugins_these_tests_install():
     assert MODULE.strip() in readme and GRADIENT_MODULE.strip() in readme
 
 
+@pytest.mark.slow  # ~40 s (5 commands and the cache contract suite); the plugin view that trains stays in make test
 def test_a_plugin_view_with_a_precompute_stage_is_filled_checked_and_trained(gradient_plugin, synthetic_root, tmp_path):
     listed = mvcoding("views")
     line = next((ln for ln in listed.stdout.splitlines() if ln.split()[0] == "gradient"), None)

@@ -203,6 +203,7 @@ def test_built_in_views_pickle(name, setup):
     assert back.build_encoder().feat_dim == view.build_encoder().feat_dim
 
 
+@pytest.mark.slow  # ~20 s; test_built_in_views_pickle (what spawn needs) and the 4-view runs stay in the default suite
 def test_every_built_in_view_trains_and_evaluates_with_spawned_workers(four_root, tmp_path, monkeypatch):
     """DataLoader workers started with spawn get the dataset pickled and import the views afresh."""
     from mvcoding import data
