@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -45,14 +46,22 @@ MAX_CLASSES = 100_000  # labels without a classes file are below this (ImageNet-
 
 
 # ----------------------------------------------------------------------------- shared helpers
+def _is(test, path: Path) -> bool:
+    """test(path) (Path.is_file, is_dir, exists), False for a path the OS cannot look up (ENAMETOOLONG)."""
+    try:
+        return test(path)
+    except OSError:
+        return False
+
+
 def dataset_root(cfg: Mapping, *, missing_hint: str) -> Path:
     """dataset.root as an absolute path; UserError (with `missing_hint`) when unset or absent."""
     root = cfg.get("root")
     if root is None or str(root).strip() == "":
         raise UserError(f"dataset.root is not set; pass dataset.root=/path/to/{cfg.get('name', 'dataset')}")
     path = Path(os.path.abspath(os.path.expanduser(str(root))))
-    if not path.is_dir():
-        what = "is not a folder" if path.exists() else "does not exist"
+    if not _is(Path.is_dir, path):
+        what = "is not a folder" if _is(Path.exists, path) else "does not exist"
         raise UserError(f"dataset.root={path} {what}; {missing_hint}")
     return path
 
@@ -75,8 +84,8 @@ def read_lines(path: Path, *, what: str, fix: str) -> list[tuple[int, str]]:
     Accepts CRLF and LF endings and non-UTF-8 bytes (decoded as Latin-1). `what` names the file in
     messages ("split file"), `fix` says how to get a good one.
     """
-    if not path.is_file():
-        state = "is not a file" if path.exists() else "is missing"
+    if not _is(Path.is_file, path):
+        state = "is not a file" if _is(Path.exists, path) else "is missing"
         raise UserError(f"{what} {path} {state}; {fix}")
     try:
         data = path.read_bytes()
@@ -181,7 +190,7 @@ def _list_path(cfg: Mapping, key: str, root: Path, split: int) -> Path:
         raise UserError(f"dataset.{key} is not set; pass dataset.{key}=FILE with one `path label` per line")
     text = str(value).replace("{split}", str(split))
     path = _resolve(text, root)
-    if not path.exists() and not Path(text).is_absolute() and Path(text).exists():
+    if not _is(Path.exists, path) and not Path(text).is_absolute() and _is(Path.exists, Path(text)):
         path = Path(os.path.abspath(text))  # relative to the working directory
     return path
 
@@ -220,10 +229,9 @@ def _read_list(path: Path, root: Path, key: str) -> list[tuple[Path, int, int, s
         parts = line.rsplit(None, 1)
         if len(parts) != 2:
             raise bad_line(path, lineno, line, "no label", "`path label`")
-        try:
-            label = int(parts[1])
-        except ValueError:
-            raise bad_line(path, lineno, line, "label is not an int", "`path label` with a 0-based int label") from None
+        if not re.fullmatch(r"[+-]?[0-9]+", parts[1]):  # int() also reads 1_0 as 10, and other scripts' digits
+            raise bad_line(path, lineno, line, "label is not an int", "`path label` with a 0-based int label")
+        label = int(parts[1])
         if label < 0:
             raise bad_line(path, lineno, line, "negative label", "a 0-based label")
         if _leaves_root(parts[0], root):
@@ -300,7 +308,7 @@ def load(cfg: Mapping) -> DatasetIndex:
 
     subsets: dict[str, list[VideoRecord]] = {}
     missing: list[str] = []
-    present = {key: [row for row in rows if row[0].is_file()] for key, rows in entries.items()}
+    present = {key: [row for row in rows if _is(Path.is_file, row[0])] for key, rows in entries.items()}
     ids = _video_ids(present, lists, root)
     for key, rows in entries.items():
         records: dict[str, VideoRecord] = {}

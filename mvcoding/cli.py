@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -130,6 +131,22 @@ def run(args: argparse.Namespace) -> None:
             print(path)
 
 
+def out_of_memory(e: BaseException) -> str:
+    """What an allocation that failed asked for ("tried to allocate 3.0 PiB"), or "" for another error: a
+    MemoryError, torch's CPU allocator refusing ("can't allocate memory") or CUDA's OutOfMemoryError."""
+    text = str(e)
+    if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in text):
+        return ""
+    size = re.search(r"allocate (\d+) bytes", text)
+    if size:
+        n, units = float(size.group(1)), ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
+        while n >= 1024 and len(units) > 1:
+            n, units = n / 1024, units[1:]
+        return f"tried to allocate {n:.1f} {units[0]}"
+    size = re.search(r"[Tt]ried to allocate ([\d.]+ \w+)", text)  # CUDA's message
+    return f"tried to allocate {size.group(1)}" if size else type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     argv = sys.argv[1:] if argv is None else argv
@@ -150,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     except Stopped as e:
         print(str(e), file=sys.stderr)
         return e.code
+    except (MemoryError, RuntimeError) as e:  # a size no machine holds (objective.K=1e14): one line, not a trace
+        if not out_of_memory(e):
+            raise
+        print(f"error: out of memory ({out_of_memory(e)}); lower train.batch_size, data.size, data.frames, "
+              "objective.K or objective.dim, or use a machine with more memory", file=sys.stderr)  # fmt: skip
+        return 2
     except KeyboardInterrupt:
         hint = "rerun the same command to resume" if args.command == "sweep" else "rerun with resume=auto to continue"
         print(f"interrupted; {hint}", file=sys.stderr)

@@ -76,6 +76,9 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
 
     path = resolve_config(path)
     given = list(overrides)
+    for o in given:  # a line break would split every message that names the override (str.splitlines' breaks too)
+        if len(f"{o}.".splitlines()) > 1:
+            raise UserError(f"the override {o!r} holds a line break; give each key=value on one line")
     # a view's settings are checked by its factory (naming the key and the valid ones), so
     # `views.rgb.width=16` may add a setting the YAML file leaves at its default
     overrides = [f"++{o}" if o.startswith("views.") else o for o in overrides]
@@ -88,7 +91,12 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
             reference = _reference(path, groups)
             for o in given:
                 check_override(o, reference)
-            cfg = compose(config_name=path.stem, overrides=list(overrides))
+            try:
+                cfg = compose(config_name=path.stem, overrides=list(overrides))
+            except (ValueError, OSError) as e:  # Hydra's own: `defaults: 3`; a file that holds a number, not keys
+                if isinstance(e, UnicodeDecodeError):
+                    raise
+                raise UserError(f"bad config {path}: {first_line(e)}; a config file is a mapping (key: value)") from e
         OmegaConf.resolve(cfg)
         check_keys(OmegaConf.to_container(cfg, resolve=False), reference, where=_where(path, given))
         check_config(cfg)
@@ -97,6 +105,8 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
         raise UserError(f"bad config {path} {' '.join(overrides)}: {first}") from e
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise UserError(yaml_problem(e, path)) from e
+    except RecursionError as e:  # OmegaConf walks nested mappings recursively
+        raise UserError(f"config {path}: its settings nest too deep to read; flatten them") from e
     finally:
         GlobalHydra.instance().clear()
     OmegaConf.set_struct(cfg, True)

@@ -95,12 +95,15 @@ NAMES = Rule(lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(x, 
              "a non-empty list of view names")  # fmt: skip
 KS = Rule(lambda v: isinstance(v, list) and len(v) > 0 and all(_int(x) and x >= 1 for x in v),
           "a non-empty list of integers >= 1")  # fmt: skip
+MAX_LR = 1000  # far above any schedule's peak (LARS at batch 64k: ~77); 1e308 overflowed float32 in Adam
+LR = Rule(number(0, MAX_LR, lo_open=True).ok, f"a number > 0 and <= {MAX_LR}")
+SEED = integer(0, 2**32 - 1)  # numpy's legacy seed (np.random.seed) takes no more
 PREDICT = Rule(lambda v: v is None or (isinstance(v, dict) and set(v) <= {"source", "target", "loss"}),
                "null or {source: VIEW, target: VIEW, loss: l1|l2}")  # fmt: skip
 
 SCHEMA: dict[str, Rule] = {
     "name": TEXT,
-    "seed": integer(0),
+    "seed": SEED,
     "device": DEVICE,
     "resume": OPT_TEXT,
     "checkpoint": OPT_TEXT,
@@ -145,7 +148,7 @@ SCHEMA: dict[str, Rule] = {
     "objective.z_momentum": number(0, 1),
     "objective.predict": PREDICT,
     "optim.name": choice(*OPTIMIZERS),
-    "optim.lr": number(0, lo_open=True),
+    "optim.lr": LR,
     "optim.momentum": number(0, 1, hi_open=True),
     "optim.weight_decay": number(0),
     "optim.schedule": choice(*SCHEDULES),
@@ -173,12 +176,12 @@ SCHEMA: dict[str, Rule] = {
     "eval.batch_size": integer(1),
     "eval.random_init": BOOL,
     "eval.linear.epochs": integer(1),
-    "eval.linear.lr": number(0, lo_open=True),
+    "eval.linear.lr": LR,
     "eval.linear.weight_decay": number(0),
     "eval.linear.batch_size": integer(1, null=True),
     "eval.linear.optimizer": choice("sgd", "adam"),
     "eval.finetune.epochs": integer(1),
-    "eval.finetune.lr": number(0, lo_open=True),
+    "eval.finetune.lr": LR,
     "eval.finetune.backbone_lr_mult": number(0),
     "eval.finetune.dropout": number(0, 1, hi_open=True),
     "eval.finetune.batch_size": integer(1),
@@ -231,6 +234,11 @@ def check(cfg: DictConfig) -> None:
         key, value = found
         raise UserError(f"{key}={value!r} is not valid: not a finite number (nan and inf are never a setting)")
     views = cfg.get("views")
+    if views is not None and not isinstance(views, DictConfig):
+        shown = OmegaConf.to_container(views) if isinstance(views, ListConfig) else views
+        raise UserError(
+            f"views={shown!r} is not valid: a mapping of view names to settings ({{rgb: {{}}, flow: {{}}}})"
+        )
     if views is not None:
         for name in views:
             settings = views[name]
