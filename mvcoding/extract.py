@@ -1,6 +1,7 @@
 """`mvcoding extract CONFIG checkpoint=PATH [split=train|test|all] [out=FILE] [overrides]`: frozen features.
 
-For every video of the split, the encoders of `eval.views` (features concatenated in that order) on
+For every video of the split, the encoder of every view that `eval.views` names (each view once, in
+the order its entries first name it, features concatenated: `[rgb,flow,rgb+flow]` gives rgb then flow) on
 `eval.clips` clips spread over the video and `eval.crops` crops per clip, as the evaluations see
 them: per clip the mean over crops, per video the mean over clips. Written to `out`:
 
