@@ -64,7 +64,8 @@ def bare_calc(algorithm: str, params: dict):
     if algorithm == "farneback":
         p = params
         args = (p["pyr_scale"], p["levels"], p["winsize"], p["iterations"], p["poly_n"], p["poly_sigma"], 0)
-        return lambda a, b: cv2.calcOpticalFlowFarneback(a, b, None, *args)
+        g = np.float32(p["gain"])  # as views/flow.py: float32 grey levels times the gain
+        return lambda a, b: cv2.calcOpticalFlowFarneback(np.float32(a) * g, np.float32(b) * g, None, *args)
     if algorithm == "tvl1":
         tvl1 = flow.tvl1_factory()(**params)
         return lambda a, b: tvl1.calc(a, b, None)
