@@ -205,6 +205,7 @@ def _two_ranks(rank: int, store: str, x, g, out: dict) -> None:
         out.update(y=torch.cat(ys), xgrad=torch.cat(xgrads), grads=grads, y_eval=y_eval.detach(),
                    running=torch.stack([bn.running_mean, bn.running_var]), n=int(bn.num_batches_tracked))  # fmt: skip
         torch.save(out, f"{store}.out")
+    torch.distributed.barrier()  # neither rank tears gloo down while the other still uses it (a SIGABRT once)
     torch.distributed.destroy_process_group()
 
 
