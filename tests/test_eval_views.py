@@ -211,3 +211,15 @@ def test_bad_entries_fail_before_any_work(tiny, checkpoint, tmp_path, task, view
     with pytest.raises(UserError, match=re.escape(message)):
         evaluate(task, tiny.cfg(checkpoint=checkpoint, **{"run.dir": out, "eval.views": views}))
     assert not out.exists()
+
+
+def test_a_checkpoint_with_non_finite_weights_is_one_line_not_a_chance_probe(tiny, checkpoint, tmp_path):
+    """optim.lr=1e38 trained to nan weights and `eval linear` then reported chance with exit 0 (issue 19)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    key = next(k for k, v in state["model"].items() if k.startswith("encoders.flow.") and v.is_floating_point())
+    state["model"][key] = torch.full_like(state["model"][key], float("nan"))
+    broken = tmp_path / "broken.pt"
+    torch.save(state, broken)
+    with pytest.raises(UserError, match=r"^the flow encoder gives non-finite features \(nan or inf\) in features "):
+        evaluate("linear", tiny.cfg(**over(broken, tmp_path / "out")))
+    assert not (tmp_path / "out" / "results.json").exists()

@@ -278,6 +278,11 @@ def run_clips(modules: dict[str, nn.Module], loader, device: torch.device, desc:
         for name, module in modules.items():
             x = to_model(views[name] if views is not None else None, batch[name], device)  # (B, K, ...)
             parts.append(module(x.flatten(0, 1)).float().view(x.shape[0], x.shape[1], -1).cpu())
+            if not torch.isfinite(parts[-1]).all():  # else a probe on nan features reports chance, exit 0
+                raise UserError(
+                    f"the {name} encoder gives non-finite features (nan or inf) in {desc}: its weights are not "
+                    "finite (a run that diverged?); evaluate an earlier checkpoint of that run"
+                )
             dims[name] = parts[-1].shape[-1]
         xs.append(torch.cat(parts, dim=-1))
         labels.append(batch["label"])
