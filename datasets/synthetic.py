@@ -504,6 +504,10 @@ def _write_one(job: tuple) -> None:
             raise RuntimeError(f"OpenCV could not write {depth_dir / f'{i:05d}.png'}")
 
 
+# a synthetic set is for tests and demos: beyond these it would generate for hours or fill the disk
+MAX_VIDEOS_PER_CLASS, MAX_FRAMES, MAX_SIZE = 10_000, 10_000, 1024
+
+
 def _check(
     classes: int,
     videos_per_class: int,
@@ -519,12 +523,15 @@ def _check(
     problems = []
     if not 2 <= classes <= len(MOTIONS):
         problems.append(f"classes must be 2..{len(MOTIONS)}, got {classes}")
-    if videos_per_class < 2:
-        problems.append(f"videos_per_class must be >= 2 (train and test need a group each), got {videos_per_class}")
-    if frames < 2:
-        problems.append(f"frames must be >= 2, got {frames}")
-    if size < 16 or size % 2:
-        problems.append(f"size must be even and >= 16 (decord needs even sizes), got {size}")
+    if not 2 <= videos_per_class <= MAX_VIDEOS_PER_CLASS:
+        problems.append(
+            f"videos_per_class must be 2..{MAX_VIDEOS_PER_CLASS} (train and test need a group each), "
+            f"got {videos_per_class}"
+        )
+    if not 2 <= frames <= MAX_FRAMES:
+        problems.append(f"frames must be 2..{MAX_FRAMES}, got {frames}")
+    if not 16 <= size <= MAX_SIZE or size % 2:
+        problems.append(f"size must be even and 16..{MAX_SIZE} (decord needs even sizes), got {size}")
     if not 0 < fps < math.inf:
         problems.append(f"fps must be a finite number > 0, got {fps}")
     if workers < 1:
@@ -712,6 +719,8 @@ def _generate_params(cfg: Mapping) -> dict:
     for k, v in params.items():
         try:
             out[k] = float(v) if k in FLOAT_KEYS else int(v)
+            if k not in FLOAT_KEYS and isinstance(v, float) and v != out[k]:  # 2.7 was truncated to 2
+                out[k] = None
         except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
             out[k] = None
         if out[k] is None or not math.isfinite(out[k]):

@@ -294,7 +294,10 @@ def test_load_refuses_a_folder_with_foreign_data(tmp_path):
     [
         ("size", 33, "size must be even"),
         ("classes", len(synthetic.MOTIONS) + 1, "classes must be"),
-        ("videos_per_class", 1, ">= 2"),
+        ("videos_per_class", 1, "videos_per_class must be 2..10000"),
+        ("videos_per_class", 10**30, "videos_per_class must be 2..10000"),
+        ("frames", 10**9, "frames must be 2..10000"),
+        ("size", 4096, "size must be even and 16..1024"),
         ("noise", -1.0, "noise must be 0..255"),
         ("noise", 256.0, "noise must be 0..255"),
         ("camera", -0.5, "camera must be a finite number >= 0"),
@@ -322,6 +325,13 @@ def test_non_finite_settings_are_refused_before_any_work(tmp_path, key, value):
             with pytest.raises(UserError, match=f"{key} must be"):
                 synthetic.generate(tmp_path / "y", **{**SMALL, key: direct})
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_a_fractional_count_is_refused_not_truncated(tmp_path):
+    cfg = {"name": "synthetic", "root": str(tmp_path / "x"), "split": 1, "generate": {"videos_per_class": 2.7}}
+    with pytest.raises(UserError, match=r"dataset.generate.videos_per_class=2.7 is not valid: an integer"):
+        synthetic.load(cfg)
+    assert not (tmp_path / "x").exists()
 
 
 def test_unknown_generate_key_is_named(tmp_path):
