@@ -53,11 +53,22 @@ def model_card(run: str | Path) -> Path:
         raise UserError(f"{run} is not a pretraining run directory (it needs config.yaml and checkpoints/last.pt)")
     sha = sha256_file(ckpt)
     state = load_safe(ckpt)
-    cfg = OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=True)
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=True)
+    except Exception as e:  # a YAML error, a broken interpolation: one line, not a traceback
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{cfg_path} cannot be read ({first}); is it the config.yaml a training run wrote?") from None
+    missing = [k for k in ("dataset", "objective", "optim", "data") if not isinstance(cfg, dict) or k not in cfg]
+    if missing:
+        raise UserError(f"{cfg_path} is not a training run's config: it has no {', '.join(missing)} section")
     rows = []
     if (run / "metrics.jsonl").is_file():
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    losses = [r for r in rows if "loss" in r]
+        for line in (run / "metrics.jsonl").read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a torn last line of a killed run: the run's other records still count
+                continue
+    losses = [r for r in rows if isinstance(r, dict) and "loss" in r]
     d, o, opt, data = cfg["dataset"], cfg["objective"], cfg["optim"], cfg["data"]
     lines = [
         f"# Model card: {cfg.get('name', run.name)}",

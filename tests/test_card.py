@@ -34,3 +34,22 @@ def test_the_card_names_the_checkpoint_and_its_evaluations(synthetic_root, tmp_p
     assert "| rgb | small3d_gn |" in card and "objective `cmc`" in card
     assert main(["report", str(tmp_path)]) == 2
     assert "is not a pretraining run directory" in capsys.readouterr().err
+
+
+def test_a_broken_config_or_a_torn_metrics_line_is_one_line_or_read_around(tmp_path, capsys):
+    import torch
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"step": 1, "epoch": 0, "model": {}}, run / "checkpoints" / "last.pt")
+    for text, message in (("a: [1,\n", "cannot be read"), ("seed: 0\n", "has no dataset, objective, optim, data")):
+        (run / "config.yaml").write_text(text)
+        assert main(["report", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"error: {run / 'config.yaml'} ") and message in err, err
+    cfg = load_config(SYNTHETIC, tiny(tmp_path / "data"))
+    from omegaconf import OmegaConf
+
+    OmegaConf.save(cfg, run / "config.yaml")
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.5}\n{"step": 2, "lo')  # torn by a kill
+    assert main(["report", str(run)]) == 0, capsys.readouterr().err
