@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from mvcoding.errors import UserError, first_line
-from mvcoding.files import write_text_atomic
+from mvcoding.files import HELD_LOCKS, write_text_atomic
 
 FORMAT_VERSION = 2
 INFO_KEYS = ("source_root",)  # recorded, not compared
@@ -455,27 +455,9 @@ class PartWriter:
         self.buffer = io.BytesIO()
 
 
-_HELD_LOCKS: set[int] = set()  # descriptors of the part locks this process holds
-
-
-def _drop_inherited_locks() -> None:
-    """In a forked child: close the copies of the parent's lock descriptors. An flock belongs to the open
-    file, shared by every copy of its descriptor, so a child that kept them (a precompute worker) would
-    hold its parent's parts after the parent died."""
-    for fd in list(_HELD_LOCKS):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _HELD_LOCKS.clear()
-
-
-os.register_at_fork(after_in_child=_drop_inherited_locks)
-
-
 class PartLock:
     """The writer lock of part k of a cache: an fcntl lock on part-XXXXX.lock, released when the
-    process ends however it ends (forked children do not inherit it: _drop_inherited_locks).
+    process ends however it ends (forked children do not inherit it: files.HELD_LOCKS).
     acquire(block=False) returns False when another process holds it."""
 
     def __init__(self, path: Path, k: int):
@@ -496,7 +478,7 @@ class PartLock:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self.fd, self.pid = fd, os.getpid()
-        _HELD_LOCKS.add(fd)
+        HELD_LOCKS.add(fd)
         return True
 
     def holder(self) -> str:
@@ -507,7 +489,7 @@ class PartLock:
 
     def release(self) -> None:
         if self.fd is not None and self.pid == os.getpid():  # a forked child's copy was closed at the fork
-            _HELD_LOCKS.discard(self.fd)
+            HELD_LOCKS.discard(self.fd)
             os.close(self.fd)  # closing the descriptor releases the lock
         self.fd = None
 

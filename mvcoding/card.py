@@ -93,7 +93,7 @@ def model_card(run: str | Path) -> Path:
         *(
             f"| {v} | {(s or {}).get('encoder', '(default)')} | `{json.dumps(s or {}, sort_keys=True)}` |"
             for v, s in (cfg.get("views") or {}).items()
-        ),  # fmt: skip
+        ),
         "",
         "## Objective and optimisation",
         "",

@@ -33,8 +33,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     t.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
     e = sub.add_parser("eval", help="transfer to action recognition")
     tasks = e.add_subparsers(dest="task", required=True, metavar="{linear,finetune,retrieval,fuse}")
-    for task, text in (("linear", "linear probe on the frozen encoders"), ("finetune", "fine-tune one encoder"),
-                       ("retrieval", "nearest train videos of the test videos")):  # fmt: skip
+    for task, text in (
+        ("linear", "linear probe on the frozen encoders"),
+        ("finetune", "fine-tune one encoder"),
+        ("retrieval", "nearest train videos of the test videos"),
+    ):
         k = tasks.add_parser(task, help=text)
         k.add_argument("config", help="YAML config path")
         k.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
@@ -170,8 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     except (MemoryError, RuntimeError) as e:  # a size no machine holds (objective.K=1e14): one line, not a trace
         if not out_of_memory(e):
             raise
-        print(f"error: out of memory ({out_of_memory(e)}); lower train.batch_size, data.size, data.frames, "
-              "objective.K or objective.dim, or use a machine with more memory", file=sys.stderr)  # fmt: skip
+        print(
+            f"error: out of memory ({out_of_memory(e)}); lower train.batch_size, data.size, data.frames, "
+            "objective.K or objective.dim, or use a machine with more memory",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         hint = "rerun the same command to resume" if args.command == "sweep" else "rerun with resume=auto to continue"

@@ -21,6 +21,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from mvcoding.errors import UserError, first_line
+from mvcoding.files import HELD_LOCKS
 
 
 def _config_dir() -> Path:
@@ -40,9 +41,23 @@ def _config_dir() -> Path:
 
 CONFIG_DIR = _config_dir()
 TOP_KEYS = {
-    "name", "seed", "device", "resume", "checkpoint", "run", "cache", "data", "train",
-    "objective", "optim", "precompute", "eval", "views", "dataset", "log",
-}  # fmt: skip
+    "name",
+    "seed",
+    "device",
+    "resume",
+    "checkpoint",
+    "run",
+    "cache",
+    "data",
+    "train",
+    "objective",
+    "optim",
+    "precompute",
+    "eval",
+    "views",
+    "dataset",
+    "log",
+}
 
 
 def packaged_configs() -> list[str]:
@@ -299,21 +314,6 @@ def run_dir(cfg: DictConfig) -> Path:
 
 
 LOCK = ".lock"  # in a run directory while a run writes it (removed at its end; a killed run's is stale)
-_HELD: set[int] = set()  # the descriptors of the locks this process holds
-
-
-def _drop_held_locks() -> None:
-    """In a forked child (a DataLoader worker): close the copies of the lock descriptors, so that the lock
-    goes with the process that took it (a worker outliving a killed run must not keep its run.dir locked)."""
-    for fd in _HELD:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _HELD.clear()
-
-
-os.register_at_fork(after_in_child=_drop_held_locks)
 
 
 @contextmanager
@@ -361,7 +361,7 @@ def lock_run_dir(out: Path, what: str = "run") -> Iterator[None]:
     if fd is None:
         yield
         return
-    _HELD.add(fd)
+    HELD_LOCKS.add(fd)
     try:
         try:  # who holds it, for the message of a second run
             os.ftruncate(fd, 0)
@@ -376,5 +376,5 @@ def lock_run_dir(out: Path, what: str = "run") -> Iterator[None]:
                 out.rmdir()  # only when empty: OSError otherwise
         except OSError:
             pass
-        _HELD.discard(fd)
+        HELD_LOCKS.discard(fd)
         os.close(fd)

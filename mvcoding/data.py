@@ -90,8 +90,11 @@ def video_lengths(records, cfg) -> dict[str, tuple[int, float]]:
         for r in todo:
             entry = cached.get(r.video_id)
             if entry is not None and identity_difference(entry, r.path, root) is None:
-                known[r.video_id] = {**{k: entry[k] for k in IDENTITY_KEYS if k in entry},
-                                     "num_frames": int(entry["num_frames"]), "fps": float(entry["fps"])}  # fmt: skip
+                known[r.video_id] = {
+                    **{k: entry[k] for k in IDENTITY_KEYS if k in entry},
+                    "num_frames": int(entry["num_frames"]),
+                    "fps": float(entry["fps"]),
+                }
         todo = [r for r in todo if identity_difference(known.get(r.video_id, {}), r.path, root)]
     if todo:
         log.info("reading the length of %d videos (once; kept in %s)", len(todo), path)
@@ -247,8 +250,10 @@ def collate(values: list):
     "host_" keys may differ in their last dim (byte rows of a view's transform): zero-padded to the
     longest first. The DataLoader's collate_fn, and the stacking of eval crops."""
     if isinstance(values[0], dict):
-        return {k: collate(pad_rows([v[k] for v in values]) if k.startswith("host_") else [v[k] for v in values])
-                for k in values[0]}  # fmt: skip
+        return {
+            k: collate(pad_rows([v[k] for v in values]) if k.startswith("host_") else [v[k] for v in values])
+            for k in values[0]
+        }
     return default_collate(values)
 
 
@@ -263,8 +268,17 @@ def loader_options(d, device: torch.device) -> dict:
     return {"workers": d.workers, "prefetch": d.prefetch, "pin_memory": pin, "start_method": d.start_method}
 
 
-def make_loader(dataset: Dataset, sampler: Sampler, *, batch_size: int, workers: int, prefetch: int,
-                pin_memory: bool, drop_last: bool, start_method: str | None = None) -> DataLoader:  # fmt: skip
+def make_loader(
+    dataset: Dataset,
+    sampler: Sampler,
+    *,
+    batch_size: int,
+    workers: int,
+    prefetch: int,
+    pin_memory: bool,
+    drop_last: bool,
+    start_method: str | None = None,
+) -> DataLoader:
     """A DataLoader over `sampler`; each worker opens its own video/HDF5 handles lazily.
 
     start_method: how worker processes start (fork, spawn or forkserver; None: the platform's default,

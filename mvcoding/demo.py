@@ -71,8 +71,11 @@ def demo(overrides: list[str], record: bool = False) -> Path:
 
 def print_table(out: Path, summary: dict) -> None:
     cmc, rand = summary["cmc"], summary["random_init"]
-    rows = [("encoder", "clip top-1", "video top-1"), ("CMC (RGB+flow)", cmc["clip_top1"], cmc["video_top1"]),
-            ("random init", rand["clip_top1"], rand["video_top1"])]  # fmt: skip
+    rows = [
+        ("encoder", "clip top-1", "video top-1"),
+        ("CMC (RGB+flow)", cmc["clip_top1"], cmc["video_top1"]),
+        ("random init", rand["clip_top1"], rand["video_top1"]),
+    ]
     print(f"\nLinear probe on the frozen RGB encoder, synthetic test split ({out}):")
     for name, clip, video in rows:
         fmt = "{:<16s} {:>10s} {:>11s}" if isinstance(clip, str) else "{:<16s} {:>10.1%} {:>11.1%}"

@@ -95,8 +95,10 @@ def _torchvision(
     if width is not None:
         raise UserError(f"encoder {name!r} has a fixed width; width={width} applies only to 'small3d'")
     if pretrained and norm == "group":
-        raise UserError(f"encoder {name!r} has no pretrained weights (torchvision's are for BatchNorm); "
-                        f"use pretrained=False or encoder {name.removesuffix('_gn')!r}")  # fmt: skip
+        raise UserError(
+            f"encoder {name!r} has no pretrained weights (torchvision's are for BatchNorm); "
+            f"use pretrained=False or encoder {name.removesuffix('_gn')!r}"
+        )
     model = ctor(weights=None)
     if norm == "group":
         batchnorm_to_groupnorm(model)
@@ -137,12 +139,36 @@ class FrameDiffConv3d(nn.Conv3d):
     e.g. constant grey, has dx = 0 and sees `weight` only).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None) -> None:  # fmt: skip
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
-                         device, dtype)  # fmt: skip
-        self.diff = nn.Conv3d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, False,
-                              padding_mode, device, dtype)  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device, dtype
+        )
+        self.diff = nn.Conv3d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            False,
+            padding_mode,
+            device,
+            dtype,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dx = torch.cat([x[:, :, 1:] - x[:, :, :-1], torch.zeros_like(x[:, :, :1])], dim=2)

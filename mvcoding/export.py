@@ -78,16 +78,19 @@ def read_checkpoint(path: str | Path) -> tuple[Path, dict]:
         raise
     except Exception as e:  # not a torch file, truncated, damaged
         why = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} is not an mvcoding checkpoint (cannot read it: {why}); "
-                        "pass the checkpoints/last.pt of an mvcoding train run") from e  # fmt: skip
+        raise UserError(
+            f"{path} is not an mvcoding checkpoint (cannot read it: {why}); "
+            "pass the checkpoints/last.pt of an mvcoding train run"
+        ) from e
     ok = isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) and isinstance(ckpt.get("config"), dict)
     if not ok:
         what = "an exported encoder" if _read_export_info(path) else "not an mvcoding checkpoint"
         lacking = "model" if not isinstance(ckpt, dict) or "model" not in ckpt else "config"
         plain = isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values())
         hint = f" (an export is read with its {_json_of(path).name} beside it)" if plain else ""
-        raise UserError(f"{path} is {what} (it has no {lacking!r}); pass the checkpoints/last.pt of an mvcoding "
-                        f"train run{hint}")  # fmt: skip
+        raise UserError(
+            f"{path} is {what} (it has no {lacking!r}); pass the checkpoints/last.pt of an mvcoding train run{hint}"
+        )
     return path, ckpt
 
 
@@ -158,8 +161,10 @@ def _spec(path: Path, ckpt: dict, view: str) -> tuple[dict, dict]:
 
         encoder = view_settings(view).get("encoder") if view in list_views() else None
     if not isinstance(encoder, str):
-        raise UserError(f"{path}: views.{view} names no encoder and view {view!r} has no default one; "
-                        "cannot tell which encoder to build")  # fmt: skip
+        raise UserError(
+            f"{path}: views.{view} names no encoder and view {view!r} has no default one; "
+            "cannot tell which encoder to build"
+        )
     data = cfg.get("data") or {}
     in_channels = _first_conv_in_channels(weights)
     info = {
@@ -184,9 +189,12 @@ def _normalisation(view: str) -> dict:
     if view == "rgb":
         from mvcoding.views.rgb import MEAN, STD
 
-        return {"mean": list(MEAN), "std": list(STD),
-                "text": "RGB uint8 / 255, then (x - mean) / std per channel (mvcoding.views.rgb.normalize_rgb); "
-                        "(B, 3, T, H, W) float32"}  # fmt: skip
+        return {
+            "mean": list(MEAN),
+            "std": list(STD),
+            "text": "RGB uint8 / 255, then (x - mean) / std per channel (mvcoding.views.rgb.normalize_rgb); "
+            "(B, 3, T, H, W) float32",
+        }
     text = _INPUTS.get(view, f"the output of view {view!r}'s device_transform (or transform); see its module")
     return {"text": text}
 
@@ -230,8 +238,9 @@ def export(checkpoint: str | Path, view: str, out: str | Path) -> tuple[Path, Pa
     `out` with suffix .json; returns both paths."""
     out = Path(out)
     if out.suffix == ".json":
-        raise UserError(f"--out {out}: the description goes to FILE.json beside FILE; name the weights file "
-                        "e.g. encoder.pt")  # fmt: skip
+        raise UserError(
+            f"--out {out}: the description goes to FILE.json beside FILE; name the weights file e.g. encoder.pt"
+        )
     try:  # before reading the checkpoint: a path that cannot be written fails at once
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.is_dir():

@@ -82,22 +82,38 @@ def extract(cfg, *, split: str = "all", out: str | None = None) -> Path:
         got = features.run_clips(s.encoders, loader, s.device, desc=f"extract {name}", views=s.views)
         x = got["x"].mean(1)  # (N clips, D): the mean over crops
         feats.append(x.view(len(records), clips, -1))  # items are video-major: clip i % clips of video i // clips
-        index += [{"video_id": r.video_id, "path": r.path, "label": int(r.label), "class": s.index.classes[r.label],
-                   "split": name} for r in records]  # fmt: skip
+        index += [
+            {
+                "video_id": r.video_id,
+                "path": r.path,
+                "label": int(r.label),
+                "class": s.index.classes[r.label],
+                "split": name,
+            }
+            for r in records
+        ]
     clip_feats = torch.cat(feats)  # (V, clips, D)
     video_feats = clip_feats.mean(1)  # (V, D)
     from omegaconf import OmegaConf
 
-    payload = {"video": video_feats, "clip": clip_feats, "index": index, "views": list(s.views),
-               "checkpoint": s.checkpoint, "checkpoint_sha256": s.sha256,
-               "config": OmegaConf.to_container(cfg, resolve=True)}  # fmt: skip
+    payload = {
+        "video": video_feats,
+        "clip": clip_feats,
+        "index": index,
+        "views": list(s.views),
+        "checkpoint": s.checkpoint,
+        "checkpoint_sha256": s.sha256,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".pt":
         save_atomic(payload, out)
     else:
         for path, x in ((out, video_feats), (out.with_suffix(".clips.npy"), clip_feats)):
             write_atomic(path, partial(save_npy, x.numpy()))  # never half a file
-    write_text_atomic(out.with_suffix(".json"), json.dumps({"views": list(s.views), "checkpoint": s.checkpoint,
-                                                             "index": index}, indent=1))  # fmt: skip
+    write_text_atomic(
+        out.with_suffix(".json"),
+        json.dumps({"views": list(s.views), "checkpoint": s.checkpoint, "index": index}, indent=1),
+    )
     log.info("wrote %d videos x %d features (%d clips each) to %s", len(index), video_feats.shape[1], clips, out)
     return out

@@ -114,10 +114,28 @@ def load_weights(path: str | Path, what: str):
         ) from e
 
 
+HELD_LOCKS: set[int] = set()  # descriptors of the flock locks this process holds (run dirs, cache parts)
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (a precompute or DataLoader worker): close the copies of the parent's lock
+    descriptors. An flock belongs to the open file, shared by every copy of its descriptor, so a child that
+    kept them would hold its parent's locks after the parent died."""
+    for fd in list(HELD_LOCKS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 @contextmanager
 def weights_only_loads(what: str) -> Iterator[None]:
     """Within: every torch.load, also those of third-party code (a torch.hub repo's model constructor,
-    torch.hub.load_state_dict_from_url, whose default is weights_only=False), loads with weights_only=True
+    torch.hub.load_state_dict_from_url, which by default unpickles anything), loads with weights_only=True
     (torch's TORCH_FORCE_WEIGHTS_ONLY_LOAD), so a file planted in the hub cache cannot run code; a refused
     file is one UserError line naming `what` loaded it and the hub cache's folder."""
     keys = ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")

@@ -88,8 +88,9 @@ def plot_confusion(matrix: torch.Tensor, classes: Sequence[str], path: Path, *, 
     plt.close(fig)
 
 
-def plot_retrieval(queries: Sequence, neighbours: Sequence[Sequence], classes: Sequence[str], lengths: dict,
-                   path: Path) -> None:  # fmt: skip
+def plot_retrieval(
+    queries: Sequence, neighbours: Sequence[Sequence], classes: Sequence[str], lengths: dict, path: Path
+) -> None:
     """retrieval.png: one row per query video (VideoRecord), its middle frame then its nearest train
     videos' middle frames, best first, titled with class names; a neighbour's border is green when
     its class is the query's, red when not."""
@@ -101,8 +102,9 @@ def plot_retrieval(queries: Sequence, neighbours: Sequence[Sequence], classes: S
     plt = _pyplot()
     ncols = 1 + max(len(n) for n in neighbours)
     h, w = frame(queries[0]).shape[:2]
-    fig, axes = plt.subplots(len(queries), ncols, figsize=(1.9 * ncols, 0.6 + 1.9 * h / w * len(queries)),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        len(queries), ncols, figsize=(1.9 * ncols, 0.6 + 1.9 * h / w * len(queries)), squeeze=False
+    )
     for row, (q, found) in enumerate(zip(queries, neighbours, strict=True)):
         for col in range(ncols):
             ax = axes[row, col]
@@ -117,8 +119,9 @@ def plot_retrieval(queries: Sequence, neighbours: Sequence[Sequence], classes: S
             for spine in ax.spines.values():
                 spine.set_edgecolor(color)
                 spine.set_linewidth(4 if col else 2)
-            ax.set_title(f"query: {classes[r.label]}" if col == 0 else f"{col}: {classes[r.label]}", fontsize=7,
-                         color=color)  # fmt: skip
+            ax.set_title(
+                f"query: {classes[r.label]}" if col == 0 else f"{col}: {classes[r.label]}", fontsize=7, color=color
+            )
     fig.suptitle("test videos (left) and their nearest train videos (video-level, cosine similarity)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

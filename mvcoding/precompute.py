@@ -333,8 +333,10 @@ def run_precompute(
     parts = plan_parts(records, videos_per_part)
     for t in targets:
         if t.stage.compression not in COMPRESSIONS:
-            raise UserError(f"the {t.view} view's precompute stage has compression={t.stage.compression!r}; use one "
-                            f"of: {', '.join(map(str, COMPRESSIONS))}")  # fmt: skip
+            raise UserError(
+                f"the {t.view} view's precompute stage has compression={t.stage.compression!r}; use one "
+                f"of: {', '.join(map(str, COMPRESSIONS))}"
+            )
         if t.stage.setup is not None:
             t.stage.setup()  # fail before any work: missing weights, opencv-contrib and the like
     for t in targets:
@@ -344,11 +346,12 @@ def run_precompute(
     mine = list(range(i, len(parts), n))
     bar = Progress(sum(len(parts[k]) for k in mine), 0, desc, enabled=progress)
     try:
-        waiting = _fill(mine, False, parts, targets, stages, root, workers, start_method, verify, bar,
-                        summary)  # fmt: skip
+        waiting = _fill(mine, False, parts, targets, stages, root, workers, start_method, verify, bar, summary)
         for k in waiting:
-            bar.write(f"part {k} is being filled by another process (pid {PartLock(targets[0].path, k).holder()}); "
-                      f"waiting for it")  # fmt: skip
+            bar.write(
+                f"part {k} is being filled by another process (pid {PartLock(targets[0].path, k).holder()}); "
+                f"waiting for it"
+            )
         _fill(waiting, True, parts, targets, stages, root, workers, start_method, verify, bar, summary)
     finally:
         bar.close()
@@ -394,8 +397,11 @@ def _plan_part(k: int, locks: list, part: list, targets, root, verify: bool, bar
             what = "unreadable" if whole else f"{len(damaged)} damaged entries, e.g. {next(iter(damaged))}"
             bar.write(f"warning: {path}: {what} ({next(iter(damaged.values()))}); recomputing them")
             summary.damaged += len(part) if whole else len(damaged)
-        kept = [r.video_id for r in part if r.video_id in have and identity_difference(have[r.video_id], r.path, root)
-                is None]  # fmt: skip
+        kept = [
+            r.video_id
+            for r in part
+            if r.video_id in have and identity_difference(have[r.video_id], r.path, root) is None
+        ]
         for r in part:
             if r.video_id not in kept:
                 todo.setdefault(r.video_id, []).append(ti)
@@ -441,8 +447,10 @@ def _fill(ks, block, parts, targets, stages, root, workers, start_method, verify
 def _write_part(p: _PartPlan, results: Iterator, targets, bar: Progress, summary: Summary, size: int):
     import h5py
 
-    writers = [PartWriter(t.path, p.k, t.provenance, compression=t.stage.compression) if p.rewrite[ti] else None
-               for ti, t in enumerate(targets)]  # fmt: skip
+    writers = [
+        PartWriter(t.path, p.k, t.provenance, compression=t.stage.compression) if p.rewrite[ti] else None
+        for ti, t in enumerate(targets)
+    ]
     failed: list[dict] = [{} for _ in targets]
     try:
         for ti, w in enumerate(writers):
@@ -697,9 +705,18 @@ def status(cfg) -> list[dict]:
                 continue
             filled |= set(info["videos"])
             failed |= set(info["failed"]) - set(info["videos"])
-        rows.append({"view": t.view, "path": str(t.path), "videos": len(ids), "filled": len(filled & ids),
-                     "missing": len(ids - filled - failed), "failed": len(failed & ids), "damaged_parts": damaged,
-                     "bytes": size})  # fmt: skip
+        rows.append(
+            {
+                "view": t.view,
+                "path": str(t.path),
+                "videos": len(ids),
+                "filled": len(filled & ids),
+                "missing": len(ids - filled - failed),
+                "failed": len(failed & ids),
+                "damaged_parts": damaged,
+                "bytes": size,
+            }
+        )
     return rows
 
 
@@ -707,8 +724,10 @@ def print_status(cfg) -> None:
     for r in status(cfg):
         state = "complete" if r["filled"] == r["videos"] and not r["damaged_parts"] else "incomplete"
         counts = f"{r['filled']}/{r['videos']} filled, {r['missing']} missing, {r['failed']} failed"
-        print(f"{r['view']:10s} {state:10s} {counts}, {r['damaged_parts']} damaged parts, "
-              f"{r['bytes'] / 2**20:.1f} MiB  {r['path']}")  # fmt: skip
+        print(
+            f"{r['view']:10s} {state:10s} {counts}, {r['damaged_parts']} damaged parts, "
+            f"{r['bytes'] / 2**20:.1f} MiB  {r['path']}"
+        )
 
 
 __all__ = ["Target", "Summary", "run_precompute", "cache_location", "main", "tool", "status", "cached_views"]

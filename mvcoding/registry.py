@@ -270,8 +270,15 @@ def view_settings(name: str) -> dict:
     return {k: (None if p.default is p.empty else p.default) for k, p in params.items() if k != "ctx"}
 
 
-_SIMPLE = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
-           dict: "a mapping", type(None): "null"}  # fmt: skip
+_SIMPLE = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    list: "a list",
+    dict: "a mapping",
+    type(None): "null",
+}
 
 
 def _annotation_check(factory: Callable, key: str, value) -> str | None:

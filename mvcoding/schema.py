@@ -83,23 +83,38 @@ BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
 AUTO_BOOL = Rule(lambda v: v == "auto" or isinstance(v, bool), "auto, true or false")
 TEXT = Rule(lambda v: isinstance(v, str) and v != "", "a non-empty string")
 OPT_TEXT = Rule(lambda v: v is None or (isinstance(v, str) and v != ""), "a non-empty string or null")
-DEVICE = Rule(lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
-              "auto, cpu, cuda or cuda:N")  # fmt: skip
-SHARD = Rule(lambda v: isinstance(v, str) and re.fullmatch(r"\d+/\d+", v) is not None
-             and int(v.split("/")[0]) < int(v.split("/")[1]), "i/n with 0 <= i < n, e.g. 0/4")  # fmt: skip
-FRACTIONS = Rule(lambda v: isinstance(v, list) and all(_num(x) and 0 < x < 1 for x in v) and v == sorted(v),
-                 "a sorted list of fractions in (0, 1)")  # fmt: skip
-SCALE = Rule(lambda v: isinstance(v, list) and len(v) == 2 and all(_num(x) for x in v) and 0 < v[0] <= v[1] <= 1,
-             "[lo, hi] with 0 < lo <= hi <= 1")  # fmt: skip
-NAMES = Rule(lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(x, str) for x in v),
-             "a non-empty list of view names")  # fmt: skip
-KS = Rule(lambda v: isinstance(v, list) and len(v) > 0 and all(_int(x) and x >= 1 for x in v),
-          "a non-empty list of integers >= 1")  # fmt: skip
+DEVICE = Rule(
+    lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None, "auto, cpu, cuda or cuda:N"
+)
+SHARD = Rule(
+    lambda v: (
+        isinstance(v, str) and re.fullmatch(r"\d+/\d+", v) is not None and int(v.split("/")[0]) < int(v.split("/")[1])
+    ),
+    "i/n with 0 <= i < n, e.g. 0/4",
+)
+FRACTIONS = Rule(
+    lambda v: isinstance(v, list) and all(_num(x) and 0 < x < 1 for x in v) and v == sorted(v),
+    "a sorted list of fractions in (0, 1)",
+)
+SCALE = Rule(
+    lambda v: isinstance(v, list) and len(v) == 2 and all(_num(x) for x in v) and 0 < v[0] <= v[1] <= 1,
+    "[lo, hi] with 0 < lo <= hi <= 1",
+)
+NAMES = Rule(
+    lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(x, str) for x in v),
+    "a non-empty list of view names",
+)
+KS = Rule(
+    lambda v: isinstance(v, list) and len(v) > 0 and all(_int(x) and x >= 1 for x in v),
+    "a non-empty list of integers >= 1",
+)
 MAX_LR = 1000  # far above any schedule's peak (LARS at batch 64k: ~77); 1e308 overflowed float32 in Adam
 LR = Rule(number(0, MAX_LR, lo_open=True).ok, f"a number > 0 and <= {MAX_LR}")
 SEED = integer(0, 2**32 - 1)  # numpy's legacy seed (np.random.seed) takes no more
-PREDICT = Rule(lambda v: v is None or (isinstance(v, dict) and set(v) <= {"source", "target", "loss"}),
-               "null or {source: VIEW, target: VIEW, loss: l1|l2}")  # fmt: skip
+PREDICT = Rule(
+    lambda v: v is None or (isinstance(v, dict) and set(v) <= {"source", "target", "loss"}),
+    "null or {source: VIEW, target: VIEW, loss: l1|l2}",
+)
 
 SCHEMA: dict[str, Rule] = {
     "name": TEXT,

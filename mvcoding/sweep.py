@@ -230,8 +230,10 @@ def _resolve(path, spec_path: Path, where: str) -> Path:
     from mvcoding.config import packaged_configs, resolve_config
 
     if not isinstance(path, str) or not path:
-        raise UserError(f"{where} must be a YAML config path or a packaged config's name, e.g. synthetic_rgb_flow "
-                        f"or configs/synthetic_rgb_flow.yaml; got {path!r}")  # fmt: skip
+        raise UserError(
+            f"{where} must be a YAML config path or a packaged config's name, e.g. synthetic_rgb_flow "
+            f"or configs/synthetic_rgb_flow.yaml; got {path!r}"
+        )
     p = Path(path).expanduser()
     tried = [p] if p.is_absolute() else [p, spec_path.parent / p]
     for candidate in tried:
@@ -241,8 +243,10 @@ def _resolve(path, spec_path: Path, where: str) -> Path:
         return resolve_config(path)
     except UserError:
         pass
-    raise UserError(f"{where}: config {path} not found (looked at {', '.join(map(str, tried))}, and it is not a "
-                    f"packaged config: {', '.join(packaged_configs())})")  # fmt: skip
+    raise UserError(
+        f"{where}: config {path} not found (looked at {', '.join(map(str, tried))}, and it is not a "
+        f"packaged config: {', '.join(packaged_configs())})"
+    )
 
 
 def _unknown(d: dict, valid: Sequence[str], where: str) -> None:

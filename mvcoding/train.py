@@ -749,8 +749,11 @@ def step_record(run: Run, pos: Position, loss: Tensor, stats: dict, clips_per_s:
     # the mean over ranks of the loss and of every statistic (each rank's are of its own anchors):
     # one collective and one CPU-GPU sync per log line
     names = list(stats)
-    means = dist.all_reduce_mean(torch.stack([loss.detach().float().reshape(()), *(torch.tensor(float(stats[k]),
-                                 device=loss.device) for k in names)])).tolist()  # fmt: skip
+    means = dist.all_reduce_mean(
+        torch.stack(
+            [loss.detach().float().reshape(()), *(torch.tensor(float(stats[k]), device=loss.device) for k in names)]
+        )
+    ).tolist()
     record = {
         "step": pos.step,
         "epoch": pos.epoch,
@@ -808,8 +811,13 @@ class MetricsLogger:
             except ImportError as e:
                 msg = f"log.wandb={opts['wandb']} needs Weights & Biases: pip install 'mvcoding[wandb]'"
                 raise UserError(msg) from e
-            self.wandb = wandb.init(project="mvcoding", name=out.name, dir=str(out), mode=opts["wandb"],
-                                    config=OmegaConf.to_container(cfg, resolve=True))  # fmt: skip
+            self.wandb = wandb.init(
+                project="mvcoding",
+                name=out.name,
+                dir=str(out),
+                mode=opts["wandb"],
+                config=OmegaConf.to_container(cfg, resolve=True),
+            )
         self.steps_per_epoch = steps_per_epoch
         self.tty = sys.stderr.isatty() and steps_per_epoch > 0
 
@@ -820,8 +828,15 @@ class MetricsLogger:
 
             if self.bar is not None:
                 self.bar.close()
-            self.bar = tqdm(total=self.steps_per_epoch, initial=done, desc=f"epoch {epoch}", unit="step",
-                            file=sys.stderr, dynamic_ncols=True, leave=False)  # fmt: skip
+            self.bar = tqdm(
+                total=self.steps_per_epoch,
+                initial=done,
+                desc=f"epoch {epoch}",
+                unit="step",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                leave=False,
+            )
 
     def log(self, record: dict) -> None:
         try:

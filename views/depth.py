@@ -106,7 +106,7 @@ def load_midas(hub_repo, model: str, weights, device: str, *, check_only: bool =
         import torch
 
         # the hub repo's constructors load backbone weights from the hub cache themselves (MiDaS_small:
-        # gen-efficientnet through torch.hub.load_state_dict_from_url, weights_only=False by default):
+        # gen-efficientnet through torch.hub.load_state_dict_from_url, which by default unpickles anything):
         # weights_only_loads makes every load of theirs weights_only=True, as ours is
         with weights_only_loads(f"the MiDaS hub repo {hub_repo} ({model})"):
             net = torch.hub.load(str(hub_repo), model, source="local", pretrained=False)
@@ -183,10 +183,14 @@ def depth(
         settings.update(quantity="inverse_depth", model=model, weights=Path(weights).name if weights else None)
         kw.update(model=model, hub_repo=hub_repo, weights=weights, device=device)
     stage = Precompute(
-        compute=partial(cache_entry, **kw), settings=settings, resolution=resolution, label=source,
-        gpu=source == "midas", offset=offset,
+        compute=partial(cache_entry, **kw),
+        settings=settings,
+        resolution=resolution,
+        label=source,
+        gpu=source == "midas",
+        offset=offset,
         setup=partial(load_midas, hub_repo, model, weights, "cpu", check_only=True) if source == "midas" else None,
-    )  # fmt: skip
+    )
     return View(
         name="depth",
         channels=1,

@@ -78,8 +78,9 @@ def decode_frames(rows: torch.Tensor, device="cpu") -> torch.Tensor:
         return torch.stack(decode_jpeg(jpeg_bytes(rows), device=device))
     except RuntimeError as e:
         first = first_line(e)
-        raise UserError(f"a JPEG frame of the rgb cache cannot be decoded ({first}); repair it with: "
-                        "mvcoding precompute rgb CONFIG") from e  # fmt: skip
+        raise UserError(
+            f"a JPEG frame of the rgb cache cannot be decoded ({first}); repair it with: mvcoding precompute rgb CONFIG"
+        ) from e
 
 
 def unpack_jpeg(stored: np.ndarray) -> np.ndarray:
@@ -123,8 +124,10 @@ def jpeg_on_device(ctx: ViewContext, *, jpeg_decode: str, cache: bool, cache_for
     if jpeg_decode not in JPEG_DECODE:
         raise UserError(f"views.{view}.jpeg_decode={jpeg_decode!r} is not valid: one of: {', '.join(JPEG_DECODE)}")
     if jpeg_decode == "device" and not (cache and cache_format == "jpeg"):
-        raise UserError(f"views.{view}.jpeg_decode=device decodes the JPEG cache on the device; it needs "
-                        f"views.{view}.cache=true and cache_format=jpeg (or set jpeg_decode=auto)")  # fmt: skip
+        raise UserError(
+            f"views.{view}.jpeg_decode=device decodes the JPEG cache on the device; it needs "
+            f"views.{view}.cache=true and cache_format=jpeg (or set jpeg_decode=auto)"
+        )
     if jpeg_decode == "auto":
         return cache and cache_format == "jpeg" and ctx.device.startswith("cuda")
     return jpeg_decode == "device"
@@ -189,8 +192,17 @@ def frames_view(name: str, channels: int, device_step, doc: str):
     ) -> View:
         size, resolution = size or ctx.size, list(resolution) if resolution else None
         on_device = jpeg_on_device(ctx, jpeg_decode=jpeg_decode, cache=cache, cache_format=cache_format, view=name)
-        stage = (rgb_stage(cache_format=cache_format, jpeg_quality=jpeg_quality, resolution=resolution,
-                           offset=offset, unpack=not on_device) if cache else None)  # fmt: skip
+        stage = (
+            rgb_stage(
+                cache_format=cache_format,
+                jpeg_quality=jpeg_quality,
+                resolution=resolution,
+                offset=offset,
+                unpack=not on_device,
+            )
+            if cache
+            else None
+        )
         return View(  # module-level functions bound with partial: the view pickles into spawned workers
             name=name,
             channels=channels,
@@ -198,7 +210,7 @@ def frames_view(name: str, channels: int, device_step, doc: str):
             transform=jpeg_rows if on_device else partial(transform_rgb, size=size),  # uint8 crops in the workers
             device_transform=partial(decode_batch_on_device, size=size, device=ctx.device, then=device_step)
             if on_device
-            else device_step,  # fmt: skip
+            else device_step,
             build_encoder=partial(build_encoder, encoder, in_channels=channels, width=width),
             precompute=stage,  # lab_l and lab_ab read the rgb view's cache, when the settings match
             source=None if cache else f"rgb-video:{resolution}:{offset}",  # one decode for rgb, lab_l, lab_ab

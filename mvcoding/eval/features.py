@@ -171,8 +171,10 @@ def dataset_identity(index: DatasetIndex, lengths: dict | None = None) -> dict:
 def resolve_checkpoint(checkpoint) -> Path:
     """checkpoint=PATH of a .pt file or of a run directory (its checkpoints/last.pt)."""
     if not checkpoint:
-        raise UserError("no checkpoint given; pass checkpoint=PATH (a .pt file or a run directory) "
-                        "or eval.random_init=true for the random-init baseline")  # fmt: skip
+        raise UserError(
+            "no checkpoint given; pass checkpoint=PATH (a .pt file or a run directory) "
+            "or eval.random_init=true for the random-init baseline"
+        )
     path = find_checkpoint(str(checkpoint))
     if path is None:
         raise UserError(f"checkpoint={checkpoint}: no checkpoint there; pass a .pt file written by mvcoding train")
@@ -190,22 +192,28 @@ def load_encoders(views: dict[str, View], checkpoint: Path | None) -> dict[str, 
     except UserError:
         raise
     except Exception as e:
-        raise UserError(f"cannot read checkpoint {checkpoint} ({type(e).__name__}: {str(e)[:120]}); "
-                        "pass a checkpoint written by mvcoding train") from e  # fmt: skip
+        raise UserError(
+            f"cannot read checkpoint {checkpoint} ({type(e).__name__}: {str(e)[:120]}); "
+            "pass a checkpoint written by mvcoding train"
+        ) from e
     saved = ckpt.get("views") or sorted({k.split(".")[1] for k in state if k.startswith("encoders.")})
     for name, encoder in encoders.items():
         prefix = f"encoders.{name}."
         weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if not weights:
-            raise UserError(f"checkpoint {checkpoint} has no encoder for view {name!r} (it has {list(saved)}); "
-                            "set eval.views to some of those")  # fmt: skip
+            raise UserError(
+                f"checkpoint {checkpoint} has no encoder for view {name!r} (it has {list(saved)}); "
+                "set eval.views to some of those"
+            )
         try:
             encoder.load_state_dict(weights)
         except RuntimeError as e:
             trained = (ckpt.get("config") or {}).get("views", {}).get(name)
             reason = str(e).strip().splitlines()[-1].strip()[:160]
-            raise UserError(f"the {name} encoder in {checkpoint} does not fit views.{name} of this config "
-                            f"({reason}); use the pretraining settings views.{name}={trained}") from e  # fmt: skip
+            raise UserError(
+                f"the {name} encoder in {checkpoint} does not fit views.{name} of this config "
+                f"({reason}); use the pretraining settings views.{name}={trained}"
+            ) from e
     return encoders
 
 
@@ -224,8 +232,10 @@ def prepare(cfg: DictConfig, checkpoint, *, random_init: bool, names=None) -> Ev
     path = None if random_init else resolve_checkpoint(checkpoint)
     index = load_dataset(cfg.dataset)
     if not index.train or not index.test:
-        raise UserError(f"dataset {index.name} split {index.split} has {len(index.train)} train and "
-                        f"{len(index.test)} test videos; evaluation needs both")  # fmt: skip
+        raise UserError(
+            f"dataset {index.name} split {index.split} has {len(index.train)} train and "
+            f"{len(index.test)} test videos; evaluation needs both"
+        )
     views = build_views(cfg, names)
     for view in views.values():
         if view.check is not None:
@@ -233,12 +243,29 @@ def prepare(cfg: DictConfig, checkpoint, *, random_init: bool, names=None) -> Ev
     torch.manual_seed(cfg.seed)  # random-init encoders are the same on every run
     encoders = load_encoders(views, path)
     lengths = video_lengths(index.train + index.test, cfg)
-    log.info("evaluating %s (%s) on %s split %d: %d train / %d test videos, %d classes", list(entries),
-             path or "random init", index.name, index.split, len(index.train), len(index.test),
-             len(index.classes))  # fmt: skip
+    log.info(
+        "evaluating %s (%s) on %s split %d: %d train / %d test videos, %d classes",
+        list(entries),
+        path or "random init",
+        index.name,
+        index.split,
+        len(index.train),
+        len(index.test),
+        len(index.classes),
+    )
     sha = sha256_file(path) if path is not None else None
-    return EvalSetup(cfg, pick_device(cfg.device), index, entries, views, encoders, lengths,
-                     str(path) if path else None, sha, dataset_identity(index, lengths))  # fmt: skip
+    return EvalSetup(
+        cfg,
+        pick_device(cfg.device),
+        index,
+        entries,
+        views,
+        encoders,
+        lengths,
+        str(path) if path else None,
+        sha,
+        dataset_identity(index, lengths),
+    )
 
 
 # ----------------------------------------------------------------------------- forward passes
@@ -259,10 +286,22 @@ def progress(iterable: Iterable, *, desc: str, total: int | None = None) -> Iter
 
 def eval_loader(s: EvalSetup, records, views: dict[str, View], clips: int):
     cfg = s.cfg
-    data = EvalClips(records, views, s.lengths, frames=cfg.data.frames, stride=cfg.data.stride, clips=clips,
-                     crops=int(cfg.eval.crops))  # fmt: skip
-    return make_loader(data, SequentialSampler(data), batch_size=int(cfg.eval.batch_size), drop_last=False,
-                       **loader_options(cfg.data, s.device))  # fmt: skip
+    data = EvalClips(
+        records,
+        views,
+        s.lengths,
+        frames=cfg.data.frames,
+        stride=cfg.data.stride,
+        clips=clips,
+        crops=int(cfg.eval.crops),
+    )
+    return make_loader(
+        data,
+        SequentialSampler(data),
+        batch_size=int(cfg.eval.batch_size),
+        drop_last=False,
+        **loader_options(cfg.data, s.device),
+    )
 
 
 @torch.no_grad()
@@ -300,12 +339,19 @@ def clip_features(s: EvalSetup, out: Path) -> dict:
     videos, labels and list files' bytes, every video's size and modification time)."""
     cfg, e = s.cfg, s.cfg.eval
     key = {
-        "checkpoint_sha256": s.sha256, "seed": cfg.seed if s.sha256 is None else None,
+        "checkpoint_sha256": s.sha256,
+        "seed": cfg.seed if s.sha256 is None else None,
         "dataset": s.dataset if s.dataset is not None else dataset_identity(s.index, s.lengths),
-        "views": {n: v.settings for n, v in s.views.items()}, "frames": cfg.data.frames, "stride": cfg.data.stride,
-        "size": cfg.data.size, "clips": int(e.clips), "train_clips": int(e.train_clips), "crops": int(e.crops),
-        "train": [r.video_id for r in s.index.train], "test": [r.video_id for r in s.index.test],
-    }  # fmt: skip
+        "views": {n: v.settings for n, v in s.views.items()},
+        "frames": cfg.data.frames,
+        "stride": cfg.data.stride,
+        "size": cfg.data.size,
+        "clips": int(e.clips),
+        "train_clips": int(e.train_clips),
+        "crops": int(e.crops),
+        "train": [r.video_id for r in s.index.train],
+        "test": [r.video_id for r in s.index.test],
+    }
     path = out / "features.pt"
     if path.is_file():
         cached = load_safe(path)
@@ -318,7 +364,11 @@ def clip_features(s: EvalSetup, out: Path) -> dict:
     for split, records, clips in (("train", s.index.train, e.train_clips), ("test", s.index.test, e.clips)):
         loader = eval_loader(s, records, s.views, int(clips))
         feats[split] = run_clips(s.encoders, loader, s.device, desc=f"features {split}", views=s.views)
-    log.info("features: train %s, test %s (clips x crops x dim) in %.0f s",
-             tuple(feats["train"]["x"].shape), tuple(feats["test"]["x"].shape), time.perf_counter() - t0)  # fmt: skip
+    log.info(
+        "features: train %s, test %s (clips x crops x dim) in %.0f s",
+        tuple(feats["train"]["x"].shape),
+        tuple(feats["test"]["x"].shape),
+        time.perf_counter() - t0,
+    )
     save_atomic(json.loads(json.dumps({"key": key})) | {k: feats[k] for k in ("train", "test")}, path)
     return feats

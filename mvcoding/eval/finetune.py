@@ -43,14 +43,24 @@ def finetune(cfg: DictConfig, out: Path) -> dict:
     head = nn.Sequential(nn.Dropout(ft.dropout), nn.Linear(encoder.feat_dim, len(s.index.classes)))
     model = nn.Sequential(encoder, head).to(s.device)
 
-    data = MultiViewClips(s.index.train, {name: s.views[name]}, s.lengths, frames=cfg.data.frames,
-                          stride=cfg.data.stride, train=True, scale=cfg.data.scale, flip=cfg.data.flip,
-                          seed=cfg.seed)  # fmt: skip
+    data = MultiViewClips(
+        s.index.train,
+        {name: s.views[name]},
+        s.lengths,
+        frames=cfg.data.frames,
+        stride=cfg.data.stride,
+        train=True,
+        scale=cfg.data.scale,
+        flip=cfg.data.flip,
+        seed=cfg.seed,
+    )
     b = min(int(ft.batch_size), len(data))
     sampler = EpochSampler(len(data), seed=cfg.seed, shuffle=True, batch_size=b)
     loader = make_loader(data, sampler, batch_size=b, drop_last=True, **loader_options(cfg.data, s.device))
-    groups = [{"params": encoder.parameters(), "lr": ft.lr * ft.backbone_lr_mult},
-              {"params": head.parameters(), "lr": ft.lr}]  # fmt: skip
+    groups = [
+        {"params": encoder.parameters(), "lr": ft.lr * ft.backbone_lr_mult},
+        {"params": head.parameters(), "lr": ft.lr},
+    ]
     opt = build_optimizer(groups, ft.optimizer, lr=ft.lr, weight_decay=ft.weight_decay, key="eval.finetune.optimizer")
     total = int(ft.epochs) * len(sampler) // b
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, total, "cosine"))
@@ -75,17 +85,38 @@ def finetune(cfg: DictConfig, out: Path) -> dict:
             correct += (logits.argmax(1) == y).sum().item()
         rec = {"epoch": epoch + 1, "step": step, "loss": loss_sum / max(1, seen), "train_top1": correct / max(1, seen)}
         rec["lr"] = sched.get_last_lr()[-1]
-        log.info("finetune epoch %d/%d: loss %.4f, train top-1 %.1f%%", epoch + 1, ft.epochs, rec["loss"],
-                 100 * rec["train_top1"])  # fmt: skip
+        log.info(
+            "finetune epoch %d/%d: loss %.4f, train top-1 %.1f%%",
+            epoch + 1,
+            ft.epochs,
+            rec["loss"],
+            100 * rec["train_top1"],
+        )
         log_metrics(out, rec)
 
-    save_atomic({"encoder": encoder.state_dict(), "head": head.state_dict(), "view": name,
-                         "classes": s.index.classes}, out / "finetuned.pt")  # fmt: skip
-    test = run_clips({name: model}, eval_loader(s, s.index.test, {name: s.views[name]}, int(cfg.eval.clips)),
-                     s.device, desc="finetune test", views={name: s.views[name]})  # fmt: skip
-    proto = protocol(s, [name], epochs=int(ft.epochs), lr=ft.lr, backbone_lr_mult=ft.backbone_lr_mult,
-                     dropout=ft.dropout, batch_size=b, optimizer=ft.optimizer, train_scale=list(cfg.data.scale),
-                     train_flip=bool(cfg.data.flip))  # fmt: skip
+    save_atomic(
+        {"encoder": encoder.state_dict(), "head": head.state_dict(), "view": name, "classes": s.index.classes},
+        out / "finetuned.pt",
+    )
+    test = run_clips(
+        {name: model},
+        eval_loader(s, s.index.test, {name: s.views[name]}, int(cfg.eval.clips)),
+        s.device,
+        desc="finetune test",
+        views={name: s.views[name]},
+    )
+    proto = protocol(
+        s,
+        [name],
+        epochs=int(ft.epochs),
+        lr=ft.lr,
+        backbone_lr_mult=ft.backbone_lr_mult,
+        dropout=ft.dropout,
+        batch_size=b,
+        optimizer=ft.optimizer,
+        train_scale=list(cfg.data.scale),
+        train_flip=bool(cfg.data.flip),
+    )
     files = ["finetuned.pt", "metrics.jsonl"]
     record = report(s, out, "finetune", test, proto, files, entry=name)
     return finish_entries(out, {name: record}, files=["results.json", "probs.pt", "confusion.png", *files])["metrics"]

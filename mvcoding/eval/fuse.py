@@ -47,9 +47,11 @@ def check_same_data(ra: dict, fa: Path, rb: dict, fb: Path) -> None:
             log.warning("%s or %s does not record its %s; fusing on the names of its videos alone", fa, fb, key)
         elif a != b:
             shown = (a, b) if key == "dataset_root" else (a[:12] + "...", b[:12] + "...")
-            raise UserError(f"cannot fuse: {fa} was evaluated on {what} {shown[0]} but {fb} on {shown[1]}; "
-                            "fuse results of the same dataset (evaluate both streams with the same dataset.root "
-                            "and list files)")  # fmt: skip
+            raise UserError(
+                f"cannot fuse: {fa} was evaluated on {what} {shown[0]} but {fb} on {shown[1]}; "
+                "fuse results of the same dataset (evaluate both streams with the same dataset.root "
+                "and list files)"
+            )
 
 
 def fuse(result_a, result_b, out: Path | None = None) -> Path:
@@ -106,6 +108,11 @@ def fuse(result_a, result_b, out: Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     saved = pa | {"probs": probs, "clip_probs": clip_probs, "task": "fuse", "views": streams}
     write_classification(out, record, saved, notes=[f"streams: {streams[0]} from {fa}; {streams[1]} from {fb}"])
-    log.info("fused video top-1 %.1f%% (a %.1f%%, b %.1f%%): %s", 100 * metrics["video_top1"],
-             100 * metrics["a_video_top1"], 100 * metrics["b_video_top1"], out / "results.json")  # fmt: skip
+    log.info(
+        "fused video top-1 %.1f%% (a %.1f%%, b %.1f%%): %s",
+        100 * metrics["video_top1"],
+        100 * metrics["a_video_top1"],
+        100 * metrics["b_video_top1"],
+        out / "results.json",
+    )
     return out

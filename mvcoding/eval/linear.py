@@ -114,8 +114,15 @@ def probe_entry(s: EvalSetup, feats: dict, entry: str, parts, *, out: Path, fold
     weights = {"weight": clf.weight.detach().cpu(), "bias": clf.bias.detach().cpu(), "mean": mean, "std": std}
     folder.mkdir(parents=True, exist_ok=True)
     save_atomic(weights | {"views": list(parts), "classes": s.index.classes}, folder / "classifier.pt")
-    proto = protocol(s, parts, train_clips=int(s.cfg.eval.train_clips), epochs=int(lc.epochs), lr=lc.lr,
-                     weight_decay=lc.weight_decay, batch_size=lc.batch_size,
-                     optimizer=lc.optimizer)  # fmt: skip
+    proto = protocol(
+        s,
+        parts,
+        train_clips=int(s.cfg.eval.train_clips),
+        epochs=int(lc.epochs),
+        lr=lc.lr,
+        weight_decay=lc.weight_decay,
+        batch_size=lc.batch_size,
+        optimizer=lc.optimizer,
+    )
     files = ["classifier.pt"] if folder != out else ["features.pt", "classifier.pt", "metrics.jsonl"]
     return report(s, folder, "linear", test | {"x": scores}, proto, files, entry=entry)

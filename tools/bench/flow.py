@@ -106,9 +106,15 @@ def pipeline(records, tmp: Path, algorithm: str, params: dict, resolution, worke
     target = Target("flow", path, view.cache.expect, replace(view.precompute, compression=compression))
     t0 = time.perf_counter()
     s = run_precompute(
-        records=records, targets=[target], root=tmp, workers=workers, shard=(0, 1),
-        videos_per_part=4, desc=f"{algorithm} x{workers}", progress=False,
-    )  # fmt: skip
+        records=records,
+        targets=[target],
+        root=tmp,
+        workers=workers,
+        shard=(0, 1),
+        videos_per_part=4,
+        desc=f"{algorithm} x{workers}",
+        progress=False,
+    )
     dt = time.perf_counter() - t0
     assert s.ok and s.done == len(records), s.line()
     n = sum(CacheReader(path).num_frames(r.video_id) for r in records)
@@ -183,8 +189,10 @@ def main() -> None:
             [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in read_frames(r.path, width=w, height=h)] for r in records
         ]
         frames = sum(len(g) for g in _GRAY)
-        print(f"{args.videos} videos x {args.frames} frames, {args.source[0]}x{args.source[1]} MJPG -> {h}x{w}; "
-              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, OpenCV {cv2.__version__}")  # fmt: skip
+        print(
+            f"{args.videos} videos x {args.frames} frames, {args.source[0]}x{args.source[1]} MJPG -> {h}x{w}; "
+            f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, OpenCV {cv2.__version__}"
+        )
         print(f"frames per second (flow frames written / wall time; {frames} frames per run)\n")
         head = f"{'algorithm':<16}{'workers':>8}{'bare':>10}{'pipeline':>10}{'pipe/bare':>10}{'par.eff bare':>14}"
         print(head + f"{'par.eff pipe':>14}")
@@ -231,8 +239,10 @@ def main() -> None:
                     f, path = pipeline(records, tmp, "dis", flow.resolve_params("dis"), [h, w], 1, compression=comp)
                     fps, reads = max(fps, f), max(reads, read_rate(path, records))
                 size = sum(p.stat().st_size for p in path.glob("part-*.h5"))
-                print(f"  compression {comp!s:<5} {size / 2**20:6.1f} MiB ({raw / size:4.1f}x smaller than raw uint8), "
-                      f"pipeline {fps:6.1f} fps, {reads:7.0f} clips/s")  # fmt: skip
+                print(
+                    f"  compression {comp!s:<5} {size / 2**20:6.1f} MiB ({raw / size:4.1f}x smaller than raw uint8), "
+                    f"pipeline {fps:6.1f} fps, {reads:7.0f} clips/s"
+                )
         print(f"\nwhere a frame's time goes (DIS medium, one process, ms per frame at {h}x{w}):")
         for name, ms in stages(records, tmp, [h, w], args.repeats):
             print(f"  {name:<32}{ms:7.3f}")

@@ -67,10 +67,21 @@ def train_run(name: str, root: Path, out: Path, args, extra: list[str]) -> dict:
 
     device = torch.device(args.device)
     amp = "bf16" if device.type == "cuda" else "off"
-    over = [f"dataset.root={root}", f"run.dir={out / name}", f"device={args.device}", f"data.workers={args.workers}",
-            f"train.batch_size={args.batch}", f"train.max_steps={args.steps}", "train.log_every=1",
-            "train.save_every=100000", "train.monitor_every=0", f"train.amp={amp}", f"objective.K={args.K}",
-            "optim.warmup_steps=0", *extra]  # fmt: skip
+    over = [
+        f"dataset.root={root}",
+        f"run.dir={out / name}",
+        f"device={args.device}",
+        f"data.workers={args.workers}",
+        f"train.batch_size={args.batch}",
+        f"train.max_steps={args.steps}",
+        "train.log_every=1",
+        "train.save_every=100000",
+        "train.monitor_every=0",
+        f"train.amp={amp}",
+        f"objective.K={args.K}",
+        "optim.warmup_steps=0",
+        *extra,
+    ]
     if args.quick:
         over += ["data.frames=4", "data.size=32", "views.rgb.resolution=[64,86]", "views.flow.resolution=[64,86]"]
     if device.type == "cuda":
@@ -159,23 +170,34 @@ def main(argv=None) -> int:
         if precompute(["all", str(CONFIG), *fill]) != 0:
             raise SystemExit("filling the caches failed")
         out = root / "runs"
-        result = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                  "cpus": os.cpu_count(), "videos": n_videos, "encoded": encoded, "workers": args.workers,
-                  "batch": args.batch, "steps": args.steps, "quick": args.quick}  # fmt: skip
+        result = {
+            "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "cpus": os.cpu_count(),
+            "videos": n_videos,
+            "encoded": encoded,
+            "workers": args.workers,
+            "batch": args.batch,
+            "steps": args.steps,
+            "quick": args.quick,
+        }
         jpeg = ["views.rgb.cache=true", "views.rgb.jpeg_decode"]
         result["train_cached"] = train_run("cached", root, out, args, [jpeg[0], f"{jpeg[1]}=device"])
         result["train_cached_workers"] = train_run("cached-workers", root, out, args, [jpeg[0], f"{jpeg[1]}=workers"])
         result["train_video"] = train_run("video", root, out, args, [])
-        result["loss"] = loss_step(device, 1024 if args.quick else 16384, 16 if args.quick else 128,
-                                   3 if args.quick else 20)  # fmt: skip
+        result["loss"] = loss_step(
+            device, 1024 if args.quick else 16384, 16 if args.quick else 128, 3 if args.quick else 20
+        )
         result["raft"] = raft_rate(device, 4 if args.quick else 64)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
     c, w, v = result["train_cached"], result["train_cached_workers"], result["train_video"]
-    print(f"\n{result['device']} {result['gpu'] or ''}; {result['cpus']} CPUs, {args.workers} workers, batch "
-          f"{args.batch}; {n_videos} videos ({encoded}); {args.steps} steps per run")  # fmt: skip
+    print(
+        f"\n{result['device']} {result['gpu'] or ''}; {result['cpus']} CPUs, {args.workers} workers, batch "
+        f"{args.batch}; {n_videos} videos ({encoded}); {args.steps} steps per run"
+    )
     print(f"{'loader':<15} {'clips/s':>9} {'data wait':>10} {'peak GiB':>9}")
     for name, r in (("cached-device", c), ("cached-workers", w), ("video", v)):
         peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"

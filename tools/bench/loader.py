@@ -266,7 +266,8 @@ def rgb_only(root: Path, cfg, args, tv_ucf101, cached_rgb: dict) -> None:
         ratios = ", ".join(f"{k[7:]}/video {med[k] / med['video']:.2f}" for k in cached)
         if "torchvision" in med:
             ratios += f", video/torchvision {med['video'] / med['torchvision']:.2f}, " + ", ".join(
-                f"{k[7:]}/torchvision {med[k] / med['torchvision']:.2f}" for k in cached)  # fmt: skip
+                f"{k[7:]}/torchvision {med[k] / med['torchvision']:.2f}" for k in cached
+            )
         print(f"rgb only, {wk} workers: {cells}; {ratios}")
     if why_not is not None:
         print(f"rgb only: torchvision.datasets.UCF101 skipped ({why_not})")
@@ -282,8 +283,14 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=48, help="rounded up to 4 classes x 2 clips x groups (>= 3)")
     ap.add_argument("--frames", type=int, default=64, help="frames per video")
     ap.add_argument("--source", type=int, nargs=2, default=[128, 170], metavar=("H", "W"), help="video size")
-    ap.add_argument("--resolution", type=int, nargs=2, default=None, metavar=("H", "W"),
-                    help="decode and cache size of both views (default: the videos' own)")  # fmt: skip
+    ap.add_argument(
+        "--resolution",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="decode and cache size of both views (default: the videos' own)",
+    )
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=4, help="passes over the videos per timed loader run")
     ap.add_argument("--rounds", type=int, default=5)
@@ -295,10 +302,15 @@ def main() -> None:
         "compare the RGB loaders with torchvision.datasets.UCF101 (needs ffmpeg and torchcodec)",
     )
     formats = ["jpeg", "raw", "jpeg-device"]
-    ap.add_argument("--rgb-cache", nargs="*", default=formats, choices=formats,
-                    help="also time the loader with RGB read from the decode-once cache in these formats (jpeg-device: "
-                         "the JPEG cache with jpeg_decode=device: the workers hand over the undecoded bytes, and the "
-                         "decode, which runs batched on the model's device, is not counted)")  # fmt: skip
+    ap.add_argument(
+        "--rgb-cache",
+        nargs="*",
+        default=formats,
+        choices=formats,
+        help="also time the loader with RGB read from the decode-once cache in these formats (jpeg-device: "
+        "the JPEG cache with jpeg_decode=device: the workers hand over the undecoded bytes, and the "
+        "decode, which runs batched on the model's device, is not counted)",
+    )
     args = ap.parse_args()
     if args.quick:
         args.videos, args.rounds, args.epochs = min(args.videos, 24), min(args.rounds, 3), min(args.epochs, 3)
@@ -336,18 +348,41 @@ def main() -> None:
         views = build_views(cfg)
         lengths = video_lengths(records, cfg)
         d = cfg.data
-        data = MultiViewClips(records, views, lengths, frames=d.frames, stride=d.stride, train=True, scale=d.scale,
-                              flip=d.flip, seed=cfg.seed)  # fmt: skip
+        data = MultiViewClips(
+            records,
+            views,
+            lengths,
+            frames=d.frames,
+            stride=d.stride,
+            train=True,
+            scale=d.scale,
+            flip=d.flip,
+            seed=cfg.seed,
+        )
         cached = {}  # format -> MultiViewClips with rgb from the decode-once cache
         for fmt in args.rgb_cache:
             decode = "device" if fmt == "jpeg-device" else "workers"
-            over = [*overrides, "views.rgb.cache=true", f"views.rgb.cache_format={fmt.split('-')[0]}",
-                    f"views.rgb.jpeg_decode={decode}", "precompute.workers=2"]  # fmt: skip
+            over = [
+                *overrides,
+                "views.rgb.cache=true",
+                f"views.rgb.cache_format={fmt.split('-')[0]}",
+                f"views.rgb.jpeg_decode={decode}",
+                "precompute.workers=2",
+            ]
             if precompute(["rgb", str(CONFIG), *over]) != 0:
                 raise SystemExit(f"filling the {fmt} rgb cache failed")
             cviews = build_views(load_config(CONFIG, over))
-            cached[fmt] = MultiViewClips(records, cviews, lengths, frames=d.frames, stride=d.stride, train=True,
-                                         scale=d.scale, flip=d.flip, seed=cfg.seed)  # fmt: skip
+            cached[fmt] = MultiViewClips(
+                records,
+                cviews,
+                lengths,
+                frames=d.frames,
+                stride=d.stride,
+                train=True,
+                scale=d.scale,
+                flip=d.flip,
+                seed=cfg.seed,
+            )
             path = cviews["rgb"].cache.path
             size = sum(p.stat().st_size for p in path.glob("part-*.h5"))
             frames = sum(lengths[r.video_id][0] for r in records)
@@ -363,24 +398,30 @@ def main() -> None:
         size = f"{args.source[0]}x{args.source[1]}"
         read = "native" if args.resolution is None else f"{args.resolution[0]}x{args.resolution[1]}"
         codec = "ffmpeg mpeg4" if args.encoded else "MJPG"
-        print(f"{len(records)} videos x {args.frames} frames, {size} {codec}, read at {read}; clips {d.frames} x "
-              f"{d.size} x {d.size}, stride {d.stride}, train augmentation; flow DIS lzf cache")  # fmt: skip
+        print(
+            f"{len(records)} videos x {args.frames} frames, {size} {codec}, read at {read}; clips {d.frames} x "
+            f"{d.size} x {d.size}, stride {d.stride}, train augmentation; flow DIS lzf cache"
+        )
         print(
             f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; torch {torch.__version__}, "
-              f"1 torch thread per process; batch {args.batch}, {len(plan)} clips per run; setup {setup:.0f} s"
-        )  # fmt: skip
+            f"1 torch thread per process; batch {args.batch}, {len(plan)} clips per run; setup {setup:.0f} s"
+        )
 
         item = data[0]
         parts = {n: list(item[n].values()) if isinstance(item[n], dict) else [item[n]] for n in views}
         crossing = sum(v.nbytes for n in views for v in parts[n])
         as_float = sum(v.numel() * 4 for n in views for v in parts[n])
         kinds = ", ".join(f"{n} {' + '.join(str(v.dtype) for v in parts[n])}" for n in views)
-        print(f"bytes per clip from the workers to the main process: {crossing / 2**20:.2f} MiB ({kinds}); as "
-              f"float32: {as_float / 2**20:.2f} MiB")  # fmt: skip
+        print(
+            f"bytes per clip from the workers to the main process: {crossing / 2**20:.2f} MiB ({kinds}); as "
+            f"float32: {as_float / 2**20:.2f} MiB"
+        )
         if "jpeg-device" in cached:
             rgb = cached["jpeg-device"][0]["rgb"]  # {"host_jpeg": (T, L) rows, "host_aug": (5,)}
-            print(f"rgb bytes per clip with jpeg-device: {sum(v.nbytes for v in rgb.values()) / 2**10:.0f} KiB of JPEG "
-                  f"rows (the uint8 crops: {item['rgb'].nbytes / 2**10:.0f} KiB)")  # fmt: skip
+            print(
+                f"rgb bytes per clip with jpeg-device: {sum(v.nbytes for v in rgb.values()) / 2**10:.0f} KiB of JPEG "
+                f"rows (the uint8 crops: {item['rgb'].nbytes / 2**10:.0f} KiB)"
+            )
         kinds = ["loader", "bare", *(f"cached {fmt}" for fmt in cached)]
         rates = {(kind, wk): [] for wk in args.workers for kind in kinds}
         for r in range(args.rounds):
@@ -399,8 +440,10 @@ def main() -> None:
         for wk in args.workers:
             lo, ba = rates["loader", wk], rates["bare", wk]
             ml, mb = statistics.median(lo), statistics.median(ba)
-            print(f"{wk:>7}  {ml:>7.1f} {f'({min(lo):.0f}-{max(lo):.0f})':>13}  {mb:>7.1f} "
-                  f"{f'({min(ba):.0f}-{max(ba):.0f})':>13}  {ml / mb:>11.2f}")  # fmt: skip
+            print(
+                f"{wk:>7}  {ml:>7.1f} {f'({min(lo):.0f}-{max(lo):.0f})':>13}  {mb:>7.1f} "
+                f"{f'({min(ba):.0f}-{max(ba):.0f})':>13}  {ml / mb:>11.2f}"
+            )
         if cached:
             print("\nthe loader with RGB from the decode-once cache (flow as above), clips per second, median:\n")
             head = f"{'workers':>7}  " + "  ".join(f"{'cached ' + f:>18} {'/loader':>8}" for f in cached)
@@ -414,8 +457,10 @@ def main() -> None:
             if args.encoded:
                 rgb_only(root, cfg, args, tv_ucf101, {f: ds.views["rgb"] for f, ds in in_workers.items()})
             for fmt, ds in in_workers.items():
-                print(f"rgb cache {fmt}: {ds.bytes_per_frame / 1024:.1f} KiB per frame on disk "
-                      f"({ds.bytes_per_frame * 25 * 3600 / 2**30:.2f} GiB per hour of 25 fps video)")  # fmt: skip
+                print(
+                    f"rgb cache {fmt}: {ds.bytes_per_frame / 1024:.1f} KiB per frame on disk "
+                    f"({ds.bytes_per_frame * 25 * 3600 / 2**30:.2f} GiB per hour of 25 fps video)"
+                )
 
         n = min(len(data), 48)
         items = [i % len(data) for i in range(2 * n)]
@@ -427,8 +472,12 @@ def main() -> None:
         for name, ms in steps:
             share = f"{100 * ms / loader_ms:5.1f} %" if not name.startswith("bare") else ""
             print(f"  {name:<24}{ms:>8.2f}  {share}")
-        print(f"  {'loader steps, sum':<24}{loader_ms:>8.2f}   (1000 / workers=0 median: "
-              f"{1e3 / statistics.median(rates['loader', 0]):.2f})" if 0 in args.workers else "")  # fmt: skip
+        print(
+            f"  {'loader steps, sum':<24}{loader_ms:>8.2f}   (1000 / workers=0 median: "
+            f"{1e3 / statistics.median(rates['loader', 0]):.2f})"
+            if 0 in args.workers
+            else ""
+        )
         print(f"  {'bare reads, sum':<24}{bare_ms:>8.2f}")
     finally:
         if tmp is not None:

@@ -163,18 +163,39 @@ def pairs(tmp: Path) -> list[tuple]:
         for name, x in (("flow", flow), ("depth", depth))
     ]
     return resize + [
-        ("resize rgb", "frames", partial(crop_resize, rgb, CROP, SIZE),
-         "planes", partial(planes_resize, rgb, CROP, SIZE)),
-        ("resize rgb planar", "planes", partial(crop_resize, planar, CROP, SIZE),
-         "frames", partial(frames_resize, planar, CROP, SIZE)),
-        ("flow transform", "now", lambda: transform_flow(flow, aug, size=SIZE),
-         "lut", lambda: flow_lut(flow, aug, size=SIZE, bound=BOUND), flow_model_inputs_agree),
+        (
+            "resize rgb",
+            "frames",
+            partial(crop_resize, rgb, CROP, SIZE),
+            "planes",
+            partial(planes_resize, rgb, CROP, SIZE),
+        ),
+        (
+            "resize rgb planar",
+            "planes",
+            partial(crop_resize, planar, CROP, SIZE),
+            "frames",
+            partial(frames_resize, planar, CROP, SIZE),
+        ),
+        (
+            "flow transform",
+            "now",
+            lambda: transform_flow(flow, aug, size=SIZE),
+            "lut",
+            lambda: flow_lut(flow, aug, size=SIZE, bound=BOUND),
+            flow_model_inputs_agree,
+        ),
         ("jpeg decode", "torchvision", lambda: decode_frames(rows), "opencv", lambda: imdecode(rows)),
         ("raw rgb read", "none", raw, "lzf", ClipReads(tmp / "lzf", "lzf")),
         ("raw rgb reader", "mvcoding", ClipReads(tmp / "raw", None, False, "mvcoding"), "h5py", raw),
-        ("flow clip read", "mvcoding", ClipReads(tmp / "flow", "lzf", True, "mvcoding"),
-         "h5py", ClipReads(tmp / "flow-again", "lzf", True, "h5py")),
-    ]  # fmt: skip
+        (
+            "flow clip read",
+            "mvcoding",
+            ClipReads(tmp / "flow", "lzf", True, "mvcoding"),
+            "h5py",
+            ClipReads(tmp / "flow-again", "lzf", True, "h5py"),
+        ),
+    ]
 
 
 def main() -> None:
@@ -192,8 +213,10 @@ def main() -> None:
         for row in rows:
             time_pair(*row, args=args)
         reads = rows[-3]
-        print(f"raw rgb cache on disk: lzf {reads[4].bytes / 2**20:.1f} MiB, none {reads[2].bytes / 2**20:.1f} MiB "
-              f"(lzf saves {100 * (1 - reads[4].bytes / reads[2].bytes):.0f}%)")  # fmt: skip
+        print(
+            f"raw rgb cache on disk: lzf {reads[4].bytes / 2**20:.1f} MiB, none {reads[2].bytes / 2**20:.1f} MiB "
+            f"(lzf saves {100 * (1 - reads[4].bytes / reads[2].bytes):.0f}%)"
+        )
 
 
 def time_pair(row: str, new_name: str, new, old_name: str, old, agree=None, *, args) -> None:

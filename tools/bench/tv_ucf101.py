@@ -93,8 +93,27 @@ def texture_frames(seed: int, frames: int, h: int = 240, w: int = 320) -> np.nda
 def encode_video(path: Path, frames: np.ndarray, codec: str = "mpeg4", *, fps: int = 25, gop: int = 12) -> None:
     """Pipe raw RGB frames (T, H, W, 3) into ffmpeg, which writes `path` with `codec` (a key of CODECS)."""
     t, h, w, _ = frames.shape
-    cmd = ["ffmpeg", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
-           "-r", str(fps), "-i", "-", *CODECS[codec], "-g", str(gop), "-an", str(path)]  # fmt: skip
+    cmd = [
+        "ffmpeg",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{w}x{h}",
+        "-r",
+        str(fps),
+        "-i",
+        "-",
+        *CODECS[codec],
+        "-g",
+        str(gop),
+        "-an",
+        str(path),
+    ]
     done = subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True)
     if done.returncode != 0:
         raise RuntimeError(f"ffmpeg could not write {path}: {done.stderr.decode(errors='replace').strip()[:300]}")
@@ -183,9 +202,18 @@ def torchvision_dataset(root: Path, *, frames: int, stride: int = 1, size: int =
 
     root = Path(root)
     frame_rate = None if stride == 1 else 25 / stride  # a clip of every stride-th frame (25 fps videos)
-    ds = UCF101(str(root / "UCF-101"), str(root / "ucfTrainTestlist"), frames_per_clip=frames,
-                step_between_clips=1, frame_rate=frame_rate, fold=1, train=True, transform=TvTransform(size),
-                _precomputed_metadata=_TV_METADATA.get(str(root)), num_workers=1)  # fmt: skip
+    ds = UCF101(
+        str(root / "UCF-101"),
+        str(root / "ucfTrainTestlist"),
+        frames_per_clip=frames,
+        step_between_clips=1,
+        frame_rate=frame_rate,
+        fold=1,
+        train=True,
+        transform=TvTransform(size),
+        _precomputed_metadata=_TV_METADATA.get(str(root)),
+        num_workers=1,
+    )
     _TV_METADATA[str(root)] = ds.metadata
     return ds
 
@@ -226,8 +254,18 @@ def _rate(loader, skip: int, stats: dict | None = None) -> float:
     return rate
 
 
-def torchvision_rate(root: Path, *, frames: int = 16, stride: int = 1, size: int = 112, workers: int = 2,
-                     batch: int = 8, clips: int = 192, seed: int = 0, stats: dict | None = None) -> float:  # fmt: skip
+def torchvision_rate(
+    root: Path,
+    *,
+    frames: int = 16,
+    stride: int = 1,
+    size: int = 112,
+    workers: int = 2,
+    batch: int = 8,
+    clips: int = 192,
+    seed: int = 0,
+    stats: dict | None = None,
+) -> float:
     """Clips per second of torchvision.datasets.UCF101 (fold 1, train, TvTransform) in a DataLoader with
     `workers` and `batch`, random clips (every window of every train video, shuffled), `clips` clips
     timed after the first max(1, workers) batches. Indexing the videos (the constructor) is not timed.
@@ -236,9 +274,15 @@ def torchvision_rate(root: Path, *, frames: int = 16, stride: int = 1, size: int
     skip = max(1, workers)
     total = (skip + -(-clips // batch)) * batch
     sampler = RandomSampler(ds, num_samples=total, generator=torch.Generator().manual_seed(seed))
-    loader = DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
-                        prefetch_factor=2 if workers else None,
-                        worker_init_fn=_worker_seed if workers else None)  # fmt: skip
+    loader = DataLoader(
+        ds,
+        batch_size=batch,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=True,
+        prefetch_factor=2 if workers else None,
+        worker_init_fn=_worker_seed if workers else None,
+    )
     return _rate(loader, skip, stats)
 
 
@@ -402,8 +446,19 @@ def _run_path(decode, clips, st: Stages, *, size: int, batch: int, frames: int, 
         st.lap("collate (float32)")
 
 
-def profile(root: Path, *, frames: int = 16, stride: int = 1, size: int = 112, batch: int = 8, clips: int = 48,
-            rounds: int = 3, seed: int = 0, decodes: list[str] | None = None, show: bool = True) -> dict:  # fmt: skip
+def profile(
+    root: Path,
+    *,
+    frames: int = 16,
+    stride: int = 1,
+    size: int = 112,
+    batch: int = 8,
+    clips: int = 48,
+    rounds: int = 3,
+    seed: int = 0,
+    decodes: list[str] | None = None,
+    show: bool = True,
+) -> dict:
     """Per-stage milliseconds per clip (wall and CPU) of mvcoding's RGB path, torchvision's, and decode variants,
     in this process with one torch thread, on the same `clips` training clips; every variant runs once per
     round, rounds interleaved (order rotated); per stage the median over rounds. Then torchvision's own
@@ -444,10 +499,17 @@ def profile(root: Path, *, frames: int = 16, stride: int = 1, size: int = 112, b
     out = {}
     for name, sts in runs.items():
         stages = list(sts[0].wall)
-        out[name] = {s: (1e3 * statistics.median(x.wall[s] for x in sts) / len(plan),
-                         1e3 * statistics.median(x.cpu[s] for x in sts) / len(plan)) for s in stages}  # fmt: skip
-        out[name]["total"] = (1e3 * statistics.median(sum(x.wall.values()) for x in sts) / len(plan),
-                              1e3 * statistics.median(sum(x.cpu.values()) for x in sts) / len(plan))  # fmt: skip
+        out[name] = {
+            s: (
+                1e3 * statistics.median(x.wall[s] for x in sts) / len(plan),
+                1e3 * statistics.median(x.cpu[s] for x in sts) / len(plan),
+            )
+            for s in stages
+        }
+        out[name]["total"] = (
+            1e3 * statistics.median(sum(x.wall.values()) for x in sts) / len(plan),
+            1e3 * statistics.median(sum(x.cpu.values()) for x in sts) / len(plan),
+        )
     out["torchvision UCF101.__getitem__ + collate (end to end)"] = {
         "total": (1e3 * statistics.median(w for w, _ in tv_runs), 1e3 * statistics.median(c for _, c in tv_runs))
     }
@@ -458,8 +520,10 @@ def profile(root: Path, *, frames: int = 16, stride: int = 1, size: int = 112, b
 
 def print_profile(out: dict, *, clips: int, rounds: int, frames: int) -> None:
     base = out["mvcoding today: decord, resize on decode"]["total"]
-    print(f"\nwhere a {frames}-frame clip's time goes, one process, one torch thread: ms per clip, wall / CPU "
-          f"(CPU: this process, all threads), median of {rounds} interleaved rounds of {clips} clips\n")  # fmt: skip
+    print(
+        f"\nwhere a {frames}-frame clip's time goes, one process, one torch thread: ms per clip, wall / CPU "
+        f"(CPU: this process, all threads), median of {rounds} interleaved rounds of {clips} clips\n"
+    )
     for name, stages in out.items():
         w, c = stages["total"]
         print(f"{name}\n  {'total':<28}{w:>7.2f} / {c:>6.2f}   CPU vs mvcoding today: {c / base[1]:.2f}x")
@@ -506,12 +570,22 @@ def mvcoding_data(root: Path, *, frames: int = 16, stride: int = 1, size: int = 
     if decode is not None:
         views["rgb"] = replace(views["rgb"], decode=partial(decode, resolution=list(cfg.views.rgb.resolution)))
     d = cfg.data
-    return MultiViewClips(records, views, video_lengths(records, cfg), frames=d.frames, stride=d.stride, train=True,
-                          scale=d.scale, flip=d.flip, seed=cfg.seed)  # fmt: skip
+    return MultiViewClips(
+        records,
+        views,
+        video_lengths(records, cfg),
+        frames=d.frames,
+        stride=d.stride,
+        train=True,
+        scale=d.scale,
+        flip=d.flip,
+        seed=cfg.seed,
+    )
 
 
-def mvcoding_rate(data, *, workers: int = 2, batch: int = 8, clips: int = 192, seed: int = 0,
-                  stats: dict | None = None) -> float:  # fmt: skip
+def mvcoding_rate(
+    data, *, workers: int = 2, batch: int = 8, clips: int = 192, seed: int = 0, stats: dict | None = None
+) -> float:
     """Clips per second of make_loader over `data` (EpochSampler orders, epoch after epoch), `clips` clips timed
     after the first max(1, workers) batches (as tools/bench/loader.py's loader_rate)."""
     from mvcoding.data import EpochSampler, make_loader
@@ -564,13 +638,20 @@ def main() -> None:
         kinds = {"mvcoding": mvcoding_data(root)}
         if reason is None:
             torchvision_dataset(root, frames=16)  # index the videos once, untimed
-            kinds = {"torchvision": None, **kinds, "mvcoding + torchcodec decode": mvcoding_data(
-                root, decode=decode_rgb_torchcodec)}  # fmt: skip
-        print(f"{len(videos)} videos ({len(kinds['mvcoding'])} train) x {args.frames} frames, 320x240 25 fps "
-              f"{args.codec} GOP {args.gop}, {kib:.0f} KiB per video ({kib * 8 * 25 / args.frames:.0f} kbit/s); "
-              f"16 x 112 x 112 clips, train transform; setup {time.perf_counter() - t0:.0f} s")  # fmt: skip
-        print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; torch {torch.__version__}; "
-              f"{args.workers} workers, batch {args.batch}, {args.clips} clips per run")  # fmt: skip
+            kinds = {
+                "torchvision": None,
+                **kinds,
+                "mvcoding + torchcodec decode": mvcoding_data(root, decode=decode_rgb_torchcodec),
+            }
+        print(
+            f"{len(videos)} videos ({len(kinds['mvcoding'])} train) x {args.frames} frames, 320x240 25 fps "
+            f"{args.codec} GOP {args.gop}, {kib:.0f} KiB per video ({kib * 8 * 25 / args.frames:.0f} kbit/s); "
+            f"16 x 112 x 112 clips, train transform; setup {time.perf_counter() - t0:.0f} s"
+        )
+        print(
+            f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; torch {torch.__version__}; "
+            f"{args.workers} workers, batch {args.batch}, {args.clips} clips per run"
+        )
         rates = {k: [] for k in kinds}
         cpu = {k: [] for k in kinds}
         cores = {k: [] for k in kinds}
@@ -585,14 +666,18 @@ def main() -> None:
                 cpu[k].append(st["cpu_ms"])
                 cores[k].append(st["cores"])
         print(f"\nmedian of {args.rounds} interleaved rounds (min-max); CPU: main process + workers, all threads\n")
-        print(f"  {'':<30}{'clips/s':>8} {'(min-max)':>11} {'/mvcoding':>10} {'CPU ms/clip':>12} {'/mvcoding':>10}"
-              f" {'CPUs used':>10}")  # fmt: skip
+        print(
+            f"  {'':<30}{'clips/s':>8} {'(min-max)':>11} {'/mvcoding':>10} {'CPU ms/clip':>12} {'/mvcoding':>10}"
+            f" {'CPUs used':>10}"
+        )
         base, cbase = statistics.median(rates["mvcoding"]), statistics.median(cpu["mvcoding"])
         for k, v in rates.items():
             m, c = statistics.median(v), statistics.median(cpu[k])
             span = f"({min(v):.0f}-{max(v):.0f})"
-            print(f"  {k:<30}{m:>8.1f} {span:>11} {m / base:>10.2f} {c:>12.2f} {c / cbase:>10.2f}"
-                  f" {statistics.median(cores[k]):>10.2f}")  # fmt: skip
+            print(
+                f"  {k:<30}{m:>8.1f} {span:>11} {m / base:>10.2f} {c:>12.2f} {c / cbase:>10.2f}"
+                f" {statistics.median(cores[k]):>10.2f}"
+            )
         if reason is None:
             profile(root, clips=args.profile_clips, batch=args.batch, rounds=args.rounds)
     finally:
